@@ -2,7 +2,12 @@
 //! compute kernels run through wgpu, every kernel checked against a CPU reference.
 
 pub mod cpu;
+pub mod data;
 pub mod gpu;
 pub mod ops;
 
 pub use ops::Backend;
+pub mod cli;
+pub mod info;
+pub mod model;
+pub mod train;

@@ -35,7 +35,15 @@ impl ConvShape {
         height: usize,
         width: usize,
     ) -> Self {
-        ConvShape { batch, in_channels, out_channels, height, width, kernel: 3, padding: 1 }
+        ConvShape {
+            batch,
+            in_channels,
+            out_channels,
+            height,
+            width,
+            kernel: 3,
+            padding: 1,
+        }
     }
     pub fn out_height(&self) -> usize {
         self.height + 2 * self.padding + 1 - self.kernel
@@ -87,7 +95,11 @@ pub struct BatchNorm {
 
 impl Default for BatchNorm {
     fn default() -> Self {
-        BatchNorm { eps: 1e-5, momentum: 0.1, relu: true }
+        BatchNorm {
+            eps: 1e-5,
+            momentum: 0.1,
+            relu: true,
+        }
     }
 }
 
@@ -132,7 +144,14 @@ pub struct AdamStep {
 
 impl AdamStep {
     pub fn new(lr: f32, step: u32) -> Self {
-        AdamStep { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, step, grad_scale: 1.0 }
+        AdamStep {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            step,
+            grad_scale: 1.0,
+        }
     }
     /// `1 - beta1^step`, computed in f64 so that both paths use the identical f32 value.
     pub fn bias_correction1(&self) -> f32 {

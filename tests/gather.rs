@@ -14,7 +14,9 @@ fn gather_matches_cpu() {
     // multiples of the 256-thread workgroup, an episode-sized batch of 28x28 images.
     for (items, item_len, count) in [(5, 1, 1), (17, 37, 9), (300, 784, 120), (3, 3, 1000)] {
         let dataset = random(&mut rng, items * item_len);
-        let indices: Vec<u32> = (0..count).map(|_| rng.random_range(0..items as u32)).collect();
+        let indices: Vec<u32> = (0..count)
+            .map(|_| rng.random_range(0..items as u32))
+            .collect();
         let mut want = vec![0.0; count * item_len];
         cpu::gather::gather(item_len, &dataset, &indices, &mut want);
 
@@ -27,8 +29,16 @@ fn gather_matches_cpu() {
         let output_view = gpu.view(&output, 1, count * item_len);
         gpu.gather(item_len, &dataset_view, &index_view, &output_view);
         let all = gpu.read(&output);
-        assert!(all[0].is_nan() && all[all.len() - 1].is_nan(), "gather wrote outside its view");
-        assert_close(&format!("gather {items}x{item_len} -> {count}"), &all[1..all.len() - 1], &want, 0.0);
+        assert!(
+            all[0].is_nan() && all[all.len() - 1].is_nan(),
+            "gather wrote outside its view"
+        );
+        assert_close(
+            &format!("gather {items}x{item_len} -> {count}"),
+            &all[1..all.len() - 1],
+            &want,
+            0.0,
+        );
     }
 }
 
@@ -40,8 +50,14 @@ fn fill_writes_every_element_of_its_view() {
         let view = gpu.view(&t, 1, len);
         gpu.fill(&view, 2.5);
         let all = gpu.read(&t);
-        assert!(all[0].is_nan() && all[len + 1].is_nan(), "fill wrote outside its view");
-        assert!(all[1..=len].iter().all(|&v| v == 2.5), "fill missed elements at len {len}");
+        assert!(
+            all[0].is_nan() && all[len + 1].is_nan(),
+            "fill wrote outside its view"
+        );
+        assert!(
+            all[1..=len].iter().all(|&v| v == 2.5),
+            "fill missed elements at len {len}"
+        );
     }
 }
 

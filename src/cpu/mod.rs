@@ -7,6 +7,7 @@ pub mod adam;
 pub mod batch_norm;
 pub mod conv2d;
 pub mod distance;
+pub mod fast;
 pub mod gather;
 pub mod max_pool;
 pub mod pair_loss;
@@ -28,20 +29,32 @@ pub struct CpuBuf<T> {
 
 impl<T> Clone for CpuBuf<T> {
     fn clone(&self) -> Self {
-        CpuBuf { data: self.data.clone(), offset: self.offset, len: self.len }
+        CpuBuf {
+            data: self.data.clone(),
+            offset: self.offset,
+            len: self.len,
+        }
     }
 }
 
 impl<T: Copy + Default> CpuBuf<T> {
     pub fn new(data: Vec<T>) -> Self {
         let len = data.len();
-        CpuBuf { data: Rc::new(RefCell::new(data)), offset: 0, len }
+        CpuBuf {
+            data: Rc::new(RefCell::new(data)),
+            offset: 0,
+            len,
+        }
     }
     pub fn get(&self) -> Ref<'_, [T]> {
-        Ref::map(self.data.borrow(), |d| &d[self.offset..self.offset + self.len])
+        Ref::map(self.data.borrow(), |d| {
+            &d[self.offset..self.offset + self.len]
+        })
     }
     pub fn get_mut(&self) -> RefMut<'_, [T]> {
-        RefMut::map(self.data.borrow_mut(), |d| &mut d[self.offset..self.offset + self.len])
+        RefMut::map(self.data.borrow_mut(), |d| {
+            &mut d[self.offset..self.offset + self.len]
+        })
     }
 }
 
@@ -56,8 +69,15 @@ pub fn with_two_mut<R>(
 ) -> R {
     if Rc::ptr_eq(&a.data, &b.data) {
         let mut data = a.data.borrow_mut();
-        let (a_first, lo, hi) = if a.offset <= b.offset { (true, a, b) } else { (false, b, a) };
-        assert!(lo.offset + lo.len <= hi.offset, "with_two_mut: overlapping outputs");
+        let (a_first, lo, hi) = if a.offset <= b.offset {
+            (true, a, b)
+        } else {
+            (false, b, a)
+        };
+        assert!(
+            lo.offset + lo.len <= hi.offset,
+            "with_two_mut: overlapping outputs"
+        );
         let (head, tail) = data.split_at_mut(hi.offset);
         let lo_slice = &mut head[lo.offset..lo.offset + lo.len];
         let hi_slice = &mut tail[..hi.len];
@@ -105,8 +125,17 @@ impl Backend for Cpu {
         CpuBuf::new(data.to_vec())
     }
     fn view(&self, t: &CpuTensor, offset: usize, len: usize) -> CpuTensor {
-        assert!(offset + len <= t.len, "view [{offset}, {}) outside a tensor of {}", offset + len, t.len);
-        CpuBuf { data: t.data.clone(), offset: t.offset + offset, len }
+        assert!(
+            offset + len <= t.len,
+            "view [{offset}, {}) outside a tensor of {}",
+            offset + len,
+            t.len
+        );
+        CpuBuf {
+            data: t.data.clone(),
+            offset: t.offset + offset,
+            len,
+        }
     }
     fn len(&self, t: &CpuTensor) -> usize {
         t.len
@@ -135,36 +164,134 @@ impl Backend for Cpu {
         Some(pending.0.clone())
     }
 
-    fn conv2d_forward(&self, s: &ConvShape, input: &CpuTensor, weight: &CpuTensor, bias: &CpuTensor, output: &CpuTensor) {
-        conv2d::conv2d_forward(s, &input.get(), &weight.get(), &bias.get(), &mut output.get_mut())
+    fn conv2d_forward(
+        &self,
+        s: &ConvShape,
+        input: &CpuTensor,
+        weight: &CpuTensor,
+        bias: &CpuTensor,
+        output: &CpuTensor,
+    ) {
+        fast::conv2d_forward(
+            s,
+            &input.get(),
+            &weight.get(),
+            &bias.get(),
+            &mut output.get_mut(),
+        )
     }
-    fn conv2d_backward_input(&self, s: &ConvShape, grad_output: &CpuTensor, weight: &CpuTensor, grad_input: &CpuTensor) {
-        conv2d::conv2d_backward_input(s, &grad_output.get(), &weight.get(), &mut grad_input.get_mut())
+    fn conv2d_backward_input(
+        &self,
+        s: &ConvShape,
+        grad_output: &CpuTensor,
+        weight: &CpuTensor,
+        grad_input: &CpuTensor,
+    ) {
+        fast::conv2d_backward_input(
+            s,
+            &grad_output.get(),
+            &weight.get(),
+            &mut grad_input.get_mut(),
+        )
     }
-    fn conv2d_backward_weight(&self, s: &ConvShape, input: &CpuTensor, grad_output: &CpuTensor, grad_weight: &CpuTensor, grad_bias: &CpuTensor) {
+    fn conv2d_backward_weight(
+        &self,
+        s: &ConvShape,
+        input: &CpuTensor,
+        grad_output: &CpuTensor,
+        grad_weight: &CpuTensor,
+        grad_bias: &CpuTensor,
+    ) {
         let (input, grad_output) = (input.get(), grad_output.get());
         with_two_mut(grad_weight, grad_bias, |gw, gb| {
-            conv2d::conv2d_backward_weight(s, &input, &grad_output, gw, gb)
+            fast::conv2d_backward_weight(s, &input, &grad_output, gw, gb)
         })
     }
-    fn batch_norm_train(&self, s: &NormShape, p: &BatchNorm, input: &CpuTensor, gamma: &CpuTensor, beta: &CpuTensor, output: &CpuTensor, saved_mean: &CpuTensor, saved_inv_std: &CpuTensor, running_mean: &CpuTensor, running_var: &CpuTensor) {
+    fn batch_norm_train(
+        &self,
+        s: &NormShape,
+        p: &BatchNorm,
+        input: &CpuTensor,
+        gamma: &CpuTensor,
+        beta: &CpuTensor,
+        output: &CpuTensor,
+        saved_mean: &CpuTensor,
+        saved_inv_std: &CpuTensor,
+        running_mean: &CpuTensor,
+        running_var: &CpuTensor,
+    ) {
         let (input, gamma, beta) = (input.get(), gamma.get(), beta.get());
         let mut output = output.get_mut();
         with_two_mut(saved_mean, saved_inv_std, |mean, inv_std| {
             with_two_mut(running_mean, running_var, |rm, rv| {
-                batch_norm::batch_norm_train(s, p, &input, &gamma, &beta, &mut output, mean, inv_std, rm, rv)
+                batch_norm::batch_norm_train(
+                    s,
+                    p,
+                    &input,
+                    &gamma,
+                    &beta,
+                    &mut output,
+                    mean,
+                    inv_std,
+                    rm,
+                    rv,
+                )
             })
         })
     }
-    fn batch_norm_eval(&self, s: &NormShape, p: &BatchNorm, input: &CpuTensor, gamma: &CpuTensor, beta: &CpuTensor, running_mean: &CpuTensor, running_var: &CpuTensor, output: &CpuTensor) {
-        batch_norm::batch_norm_eval(s, p, &input.get(), &gamma.get(), &beta.get(), &running_mean.get(), &running_var.get(), &mut output.get_mut())
+    fn batch_norm_eval(
+        &self,
+        s: &NormShape,
+        p: &BatchNorm,
+        input: &CpuTensor,
+        gamma: &CpuTensor,
+        beta: &CpuTensor,
+        running_mean: &CpuTensor,
+        running_var: &CpuTensor,
+        output: &CpuTensor,
+    ) {
+        batch_norm::batch_norm_eval(
+            s,
+            p,
+            &input.get(),
+            &gamma.get(),
+            &beta.get(),
+            &running_mean.get(),
+            &running_var.get(),
+            &mut output.get_mut(),
+        )
     }
-    fn batch_norm_backward(&self, s: &NormShape, p: &BatchNorm, input: &CpuTensor, output: &CpuTensor, grad_output: &CpuTensor, gamma: &CpuTensor, saved_mean: &CpuTensor, saved_inv_std: &CpuTensor, grad_input: &CpuTensor, grad_gamma: &CpuTensor, grad_beta: &CpuTensor) {
+    fn batch_norm_backward(
+        &self,
+        s: &NormShape,
+        p: &BatchNorm,
+        input: &CpuTensor,
+        output: &CpuTensor,
+        grad_output: &CpuTensor,
+        gamma: &CpuTensor,
+        saved_mean: &CpuTensor,
+        saved_inv_std: &CpuTensor,
+        grad_input: &CpuTensor,
+        grad_gamma: &CpuTensor,
+        grad_beta: &CpuTensor,
+    ) {
         let (input, output, grad_output) = (input.get(), output.get(), grad_output.get());
         let (gamma, mean, inv_std) = (gamma.get(), saved_mean.get(), saved_inv_std.get());
         let mut grad_input = grad_input.get_mut();
         with_two_mut(grad_gamma, grad_beta, |gg, gb| {
-            batch_norm::batch_norm_backward(s, p, &input, &output, &grad_output, &gamma, &mean, &inv_std, &mut grad_input, gg, gb)
+            batch_norm::batch_norm_backward(
+                s,
+                p,
+                &input,
+                &output,
+                &grad_output,
+                &gamma,
+                &mean,
+                &inv_std,
+                &mut grad_input,
+                gg,
+                gb,
+            )
         })
     }
     fn relu_forward(&self, input: &CpuTensor, output: &CpuTensor) {
@@ -176,49 +303,169 @@ impl Backend for Cpu {
     fn max_pool_forward(&self, s: &PoolShape, input: &CpuTensor, output: &CpuTensor) {
         max_pool::max_pool_forward(s, &input.get(), &mut output.get_mut())
     }
-    fn max_pool_backward(&self, s: &PoolShape, input: &CpuTensor, grad_output: &CpuTensor, grad_input: &CpuTensor) {
-        max_pool::max_pool_backward(s, &input.get(), &grad_output.get(), &mut grad_input.get_mut())
+    fn max_pool_backward(
+        &self,
+        s: &PoolShape,
+        input: &CpuTensor,
+        grad_output: &CpuTensor,
+        grad_input: &CpuTensor,
+    ) {
+        max_pool::max_pool_backward(
+            s,
+            &input.get(),
+            &grad_output.get(),
+            &mut grad_input.get_mut(),
+        )
     }
-    fn pairwise_sq_dist(&self, rows_a: usize, rows_b: usize, dim: usize, a: &CpuTensor, b: &CpuTensor, out: &CpuTensor) {
+    fn pairwise_sq_dist(
+        &self,
+        rows_a: usize,
+        rows_b: usize,
+        dim: usize,
+        a: &CpuTensor,
+        b: &CpuTensor,
+        out: &CpuTensor,
+    ) {
         distance::pairwise_sq_dist(rows_a, rows_b, dim, &a.get(), &b.get(), &mut out.get_mut())
     }
-    fn pairwise_sq_dist_backward(&self, rows_a: usize, rows_b: usize, dim: usize, a: &CpuTensor, b: &CpuTensor, grad_out: &CpuTensor, grad_a: &CpuTensor, grad_b: &CpuTensor) {
+    fn pairwise_sq_dist_backward(
+        &self,
+        rows_a: usize,
+        rows_b: usize,
+        dim: usize,
+        a: &CpuTensor,
+        b: &CpuTensor,
+        grad_out: &CpuTensor,
+        grad_a: &CpuTensor,
+        grad_b: &CpuTensor,
+    ) {
         let (a, b, grad_out) = (a.get(), b.get(), grad_out.get());
         with_two_mut(grad_a, grad_b, |ga, gb| {
             distance::pairwise_sq_dist_backward(rows_a, rows_b, dim, &a, &b, &grad_out, ga, gb)
         })
     }
-    fn prototypes(&self, way: usize, dim: usize, support: &CpuTensor, labels: &CpuBuf<u32>, prototypes: &CpuTensor) {
-        prototypes::prototypes(way, dim, &support.get(), &labels.get(), &mut prototypes.get_mut())
+    fn prototypes(
+        &self,
+        way: usize,
+        dim: usize,
+        support: &CpuTensor,
+        labels: &CpuBuf<u32>,
+        prototypes: &CpuTensor,
+    ) {
+        prototypes::prototypes(
+            way,
+            dim,
+            &support.get(),
+            &labels.get(),
+            &mut prototypes.get_mut(),
+        )
     }
-    fn prototypes_backward(&self, way: usize, dim: usize, labels: &CpuBuf<u32>, grad_prototypes: &CpuTensor, grad_support: &CpuTensor) {
-        prototypes::prototypes_backward(way, dim, &labels.get(), &grad_prototypes.get(), &mut grad_support.get_mut())
+    fn prototypes_backward(
+        &self,
+        way: usize,
+        dim: usize,
+        labels: &CpuBuf<u32>,
+        grad_prototypes: &CpuTensor,
+        grad_support: &CpuTensor,
+    ) {
+        prototypes::prototypes_backward(
+            way,
+            dim,
+            &labels.get(),
+            &grad_prototypes.get(),
+            &mut grad_support.get_mut(),
+        )
     }
-    fn softmax_xent(&self, queries: usize, way: usize, distances: &CpuTensor, labels: &CpuBuf<u32>, grad_distances: &CpuTensor, correct: &CpuTensor, stats: &CpuTensor) {
-        softmax_xent::softmax_xent(queries, way, &distances.get(), &labels.get(), &mut grad_distances.get_mut(), &mut correct.get_mut(), &mut stats.get_mut())
+    fn softmax_xent(
+        &self,
+        queries: usize,
+        way: usize,
+        distances: &CpuTensor,
+        labels: &CpuBuf<u32>,
+        grad_distances: &CpuTensor,
+        correct: &CpuTensor,
+        stats: &CpuTensor,
+    ) {
+        softmax_xent::softmax_xent(
+            queries,
+            way,
+            &distances.get(),
+            &labels.get(),
+            &mut grad_distances.get_mut(),
+            &mut correct.get_mut(),
+            &mut stats.get_mut(),
+        )
     }
-    fn contrastive_loss(&self, pairs: usize, dim: usize, margin: f32, left: &CpuTensor, right: &CpuTensor, same: &CpuTensor, grad_left: &CpuTensor, grad_right: &CpuTensor, stats: &CpuTensor) {
+    fn contrastive_loss(
+        &self,
+        pairs: usize,
+        dim: usize,
+        margin: f32,
+        left: &CpuTensor,
+        right: &CpuTensor,
+        same: &CpuTensor,
+        grad_left: &CpuTensor,
+        grad_right: &CpuTensor,
+        stats: &CpuTensor,
+    ) {
         let (left, right, same) = (left.get(), right.get(), same.get());
         let mut stats = stats.get_mut();
         with_two_mut(grad_left, grad_right, |gl, gr| {
-            pair_loss::contrastive_loss(pairs, dim, margin, &left, &right, &same, gl, gr, &mut stats)
+            pair_loss::contrastive_loss(
+                pairs, dim, margin, &left, &right, &same, gl, gr, &mut stats,
+            )
         })
     }
-    fn koch_loss(&self, pairs: usize, dim: usize, left: &CpuTensor, right: &CpuTensor, same: &CpuTensor, alpha: &CpuTensor, bias: &CpuTensor, grad_left: &CpuTensor, grad_right: &CpuTensor, grad_alpha: &CpuTensor, grad_bias: &CpuTensor, stats: &CpuTensor) {
-        let (left, right, same, alpha, bias) = (left.get(), right.get(), same.get(), alpha.get(), bias.get());
+    fn koch_loss(
+        &self,
+        pairs: usize,
+        dim: usize,
+        left: &CpuTensor,
+        right: &CpuTensor,
+        same: &CpuTensor,
+        alpha: &CpuTensor,
+        bias: &CpuTensor,
+        grad_left: &CpuTensor,
+        grad_right: &CpuTensor,
+        grad_alpha: &CpuTensor,
+        grad_bias: &CpuTensor,
+        stats: &CpuTensor,
+    ) {
+        let (left, right, same, alpha, bias) =
+            (left.get(), right.get(), same.get(), alpha.get(), bias.get());
         let mut stats = stats.get_mut();
         with_two_mut(grad_left, grad_right, |gl, gr| {
             with_two_mut(grad_alpha, grad_bias, |ga, gb| {
-                pair_loss::koch_loss(pairs, dim, &left, &right, &same, &alpha, &bias, gl, gr, ga, gb, &mut stats)
+                pair_loss::koch_loss(
+                    pairs, dim, &left, &right, &same, &alpha, &bias, gl, gr, ga, gb, &mut stats,
+                )
             })
         })
     }
-    fn adam(&self, p: &AdamStep, params: &CpuTensor, grads: &CpuTensor, m: &CpuTensor, v: &CpuTensor) {
+    fn adam(
+        &self,
+        p: &AdamStep,
+        params: &CpuTensor,
+        grads: &CpuTensor,
+        m: &CpuTensor,
+        v: &CpuTensor,
+    ) {
         let grads = grads.get();
         let mut params = params.get_mut();
         with_two_mut(m, v, |m, v| adam::adam(p, &mut params, &grads, m, v))
     }
-    fn gather(&self, item_len: usize, dataset: &CpuTensor, indices: &CpuBuf<u32>, output: &CpuTensor) {
-        gather::gather(item_len, &dataset.get(), &indices.get(), &mut output.get_mut())
+    fn gather(
+        &self,
+        item_len: usize,
+        dataset: &CpuTensor,
+        indices: &CpuBuf<u32>,
+        output: &CpuTensor,
+    ) {
+        gather::gather(
+            item_len,
+            &dataset.get(),
+            &indices.get(),
+            &mut output.get_mut(),
+        )
     }
 }

@@ -23,7 +23,10 @@ pub enum GpuError {
     #[error("no adapter matches '{wanted}'; available: {available}")]
     NoMatchingAdapter { wanted: String, available: String },
     #[error("could not open the device on adapter '{adapter}': {source}")]
-    RequestDevice { adapter: String, source: wgpu::RequestDeviceError },
+    RequestDevice {
+        adapter: String,
+        source: wgpu::RequestDeviceError,
+    },
     #[error("GPU error: {0}")]
     Device(String),
 }
@@ -66,7 +69,7 @@ impl AdapterSummary {
             device_type: format!("{:?}", info.device_type),
             driver: info.driver.clone(),
             driver_info: info.driver_info.clone(),
-            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
+            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
             max_buffer_size: limits.max_buffer_size,
             max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
             max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
@@ -135,7 +138,11 @@ pub fn choose_adapter(wanted: Option<&str>) -> Result<wgpu::Adapter, GpuError> {
         };
         (kind, backend)
     };
-    adapters.iter().min_by_key(|a| rank(a)).cloned().ok_or(GpuError::NoAdapter)
+    adapters
+        .iter()
+        .min_by_key(|a| rank(a))
+        .cloned()
+        .ok_or(GpuError::NoAdapter)
 }
 
 enum Command {
@@ -206,7 +213,10 @@ impl Gpu {
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
-        .map_err(|source| GpuError::RequestDevice { adapter: summary.name.clone(), source })?;
+        .map_err(|source| GpuError::RequestDevice {
+            adapter: summary.name.clone(),
+            source,
+        })?;
         // Validation errors and device loss are recorded and turned into `GpuError`s by
         // `check()` instead of wgpu's default (a panic).
         let error = Arc::new(Mutex::new(None));
@@ -239,7 +249,10 @@ impl Gpu {
     }
 
     pub fn describe(&self) -> String {
-        format!("{} ({}, {})", self.adapter.name, self.adapter.backend, self.adapter.device_type)
+        format!(
+            "{} ({}, {})",
+            self.adapter.name, self.adapter.backend, self.adapter.device_type
+        )
     }
 
     fn pipeline(&self, kernel: &Kernel) -> wgpu::ComputePipeline {
@@ -252,23 +265,26 @@ impl Gpu {
             modules
                 .entry(kernel.file)
                 .or_insert_with(|| {
-                    self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                        label: Some(kernel.file),
-                        source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
-                    })
+                    self.device
+                        .create_shader_module(wgpu::ShaderModuleDescriptor {
+                            label: Some(kernel.file),
+                            source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+                        })
                 })
                 .clone()
         };
         // `layout: None` derives the bind group layout from the shader: binding 0 is the
         // uniform parameter block, bindings 1.. are the storage buffers in launch order.
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(kernel.entry),
-            layout: None,
-            module: &module,
-            entry_point: Some(kernel.entry),
-            compilation_options: Default::default(),
-            cache: None,
-        });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(kernel.entry),
+                layout: None,
+                module: &module,
+                entry_point: Some(kernel.entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
         self.pipelines.lock().unwrap().insert(key, pipeline.clone());
         pipeline
     }
@@ -294,7 +310,11 @@ impl Gpu {
         params: &[u32],
         groups: [u32; 3],
     ) {
-        assert!(params.len() * 4 <= PARAMS_STRIDE as usize, "{}: too many params", kernel.entry);
+        assert!(
+            params.len() * 4 <= PARAMS_STRIDE as usize,
+            "{}: too many params",
+            kernel.entry
+        );
         if groups.contains(&0) {
             return;
         }
@@ -307,12 +327,16 @@ impl Gpu {
             max
         );
         let pipeline = self.pipeline(kernel);
-        self.recorder.lock().unwrap().commands.push(Command::Dispatch {
-            pipeline,
-            buffers: buffers.iter().map(|b| (*b).clone()).collect(),
-            params: params.to_vec(),
-            groups,
-        });
+        self.recorder
+            .lock()
+            .unwrap()
+            .commands
+            .push(Command::Dispatch {
+                pipeline,
+                buffers: buffers.iter().map(|b| (*b).clone()).collect(),
+                params: params.to_vec(),
+                groups,
+            });
     }
 
     /// Workgroup counts for `n` threads in groups of `workgroup` along x, spilling into y when
@@ -362,12 +386,18 @@ impl Gpu {
 
     /// Submit everything recorded so far as one command buffer.
     pub fn flush(&self) {
-        let Recorder { commands, to_map } = std::mem::take(&mut *self.recorder.lock().unwrap());
+        // The recorder stays locked until the submission is queued, so flushes from several
+        // threads (the tests share one context) submit in the order the work was recorded.
+        let mut recorder = self.recorder.lock().unwrap_or_else(|p| p.into_inner());
+        let Recorder { commands, to_map } = std::mem::take(&mut *recorder);
         if commands.is_empty() && to_map.is_empty() {
             return;
         }
         // All dispatch parameters of this submission in one uniform buffer.
-        let n_dispatch = commands.iter().filter(|c| matches!(c, Command::Dispatch { .. })).count();
+        let n_dispatch = commands
+            .iter()
+            .filter(|c| matches!(c, Command::Dispatch { .. }))
+            .count();
         let mut params_buf = self.params.lock().unwrap();
         let needed = (n_dispatch.max(1) as u64) * PARAMS_STRIDE;
         if params_buf.as_ref().is_none_or(|b| b.size() < needed) {
@@ -391,14 +421,21 @@ impl Gpu {
         if !words.is_empty() {
             // Ordered before this submission, after every earlier one (queue order), so reusing
             // the buffer across flushes is safe.
-            self.queue.write_buffer(&params_buf, 0, bytemuck::cast_slice(&words));
+            self.queue
+                .write_buffer(&params_buf, 0, bytemuck::cast_slice(&words));
         }
         let mut encoder = self.device.create_command_encoder(&Default::default());
         let mut i = 0u64;
         let mut iter = commands.iter().peekable();
         while let Some(c) = iter.next() {
             match c {
-                Command::Copy { src, src_offset, dst, dst_offset, size } => {
+                Command::Copy {
+                    src,
+                    src_offset,
+                    dst,
+                    dst_offset,
+                    size,
+                } => {
                     encoder.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size);
                 }
                 Command::Dispatch { .. } => {
@@ -406,7 +443,13 @@ impl Gpu {
                     // between dispatches that depend on each other.
                     let mut pass = encoder.begin_compute_pass(&Default::default());
                     let mut cur = Some(c);
-                    while let Some(Command::Dispatch { pipeline, buffers, groups, .. }) = cur {
+                    while let Some(Command::Dispatch {
+                        pipeline,
+                        buffers,
+                        groups,
+                        ..
+                    }) = cur
+                    {
                         let mut entries = vec![wgpu::BindGroupEntry {
                             binding: 0,
                             resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -421,11 +464,12 @@ impl Gpu {
                                 resource: b.as_entire_binding(),
                             });
                         }
-                        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                            label: None,
-                            layout: &pipeline.get_bind_group_layout(0),
-                            entries: &entries,
-                        });
+                        let bind_group =
+                            self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                                label: None,
+                                layout: &pipeline.get_bind_group_layout(0),
+                                entries: &entries,
+                            });
                         pass.set_pipeline(pipeline);
                         pass.set_bind_group(0, &bind_group, &[]);
                         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
@@ -440,17 +484,24 @@ impl Gpu {
         }
         self.queue.submit(Some(encoder.finish()));
         for (staging, ready, failed) in to_map {
-            staging.clone().map_async(wgpu::MapMode::Read, .., move |r| {
-                if r.is_err() {
-                    failed.store(true, Ordering::SeqCst);
-                }
-                ready.store(true, Ordering::SeqCst);
-            });
+            staging
+                .clone()
+                .map_async(wgpu::MapMode::Read, .., move |r| {
+                    if r.is_err() {
+                        failed.store(true, Ordering::SeqCst);
+                    }
+                    ready.store(true, Ordering::SeqCst);
+                });
         }
     }
 
     /// Ask for `len` floats of `buffer` at element `offset`, as of the work recorded so far.
-    pub fn request_read(&self, buffer: &Arc<wgpu::Buffer>, offset: usize, len: usize) -> GpuPending {
+    pub fn request_read(
+        &self,
+        buffer: &Arc<wgpu::Buffer>,
+        offset: usize,
+        len: usize,
+    ) -> GpuPending {
         let staging = Arc::new(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
             size: (len.max(1) * 4) as u64,
@@ -460,20 +511,40 @@ impl Gpu {
         self.record_copy(buffer, offset as u64 * 4, &staging, 0, len as u64 * 4);
         let ready = Arc::new(AtomicBool::new(false));
         let failed = Arc::new(AtomicBool::new(false));
-        self.recorder.lock().unwrap().to_map.push((staging.clone(), ready.clone(), failed.clone()));
-        GpuPending { staging, len, ready, failed, mapped: AtomicBool::new(false) }
+        self.recorder
+            .lock()
+            .unwrap()
+            .to_map
+            .push((staging.clone(), ready.clone(), failed.clone()));
+        GpuPending {
+            staging,
+            len,
+            ready,
+            failed,
+            mapped: AtomicBool::new(false),
+        }
     }
 
     /// Collect a deferred read; with `block`, waits for it.
-    pub fn collect_read(&self, pending: &GpuPending, block: bool) -> Result<Option<Vec<f32>>, GpuError> {
+    pub fn collect_read(
+        &self,
+        pending: &GpuPending,
+        block: bool,
+    ) -> Result<Option<Vec<f32>>, GpuError> {
         if pending.mapped.load(Ordering::SeqCst) {
             return Err(GpuError::Device("deferred read resolved twice".into()));
         }
         // Make sure the copy has been submitted.
         self.flush();
         if !pending.ready.load(Ordering::SeqCst) {
-            let poll = if block { wgpu::PollType::wait_indefinitely() } else { wgpu::PollType::Poll };
-            self.device.poll(poll).map_err(|e| GpuError::Device(e.to_string()))?;
+            let poll = if block {
+                wgpu::PollType::wait_indefinitely()
+            } else {
+                wgpu::PollType::Poll
+            };
+            self.device
+                .poll(poll)
+                .map_err(|e| GpuError::Device(e.to_string()))?;
             self.check()?;
             if !pending.ready.load(Ordering::SeqCst) {
                 if block {
@@ -484,7 +555,9 @@ impl Gpu {
         }
         if pending.failed.load(Ordering::SeqCst) {
             self.check()?;
-            return Err(GpuError::Device("mapping the read-back buffer failed".into()));
+            return Err(GpuError::Device(
+                "mapping the read-back buffer failed".into(),
+            ));
         }
         pending.mapped.store(true, Ordering::SeqCst);
         let data = {

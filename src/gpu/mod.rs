@@ -37,7 +37,11 @@ impl GpuTensor {
 
 impl Gpu {
     pub fn tensor(&self, len: usize) -> GpuTensor {
-        GpuTensor { buffer: self.buffer(len), offset: 0, len }
+        GpuTensor {
+            buffer: self.buffer(len),
+            offset: 0,
+            len,
+        }
     }
     pub fn upload_f32(&self, data: &[f32]) -> GpuTensor {
         let t = self.tensor(data.len());
@@ -52,7 +56,8 @@ impl Gpu {
     /// Blocking read of a view (flushes recorded work first).
     pub fn download(&self, t: &GpuTensor) -> Result<Vec<f32>, GpuError> {
         let pending = self.request_read(&t.buffer, t.offset, t.len);
-        self.collect_read(&pending, true).map(|d| d.unwrap_or_default())
+        self.collect_read(&pending, true)
+            .map(|d| d.unwrap_or_default())
     }
 }
 
@@ -77,8 +82,17 @@ impl Backend for Gpu {
         self.upload_u32(data)
     }
     fn view(&self, t: &GpuTensor, offset: usize, len: usize) -> GpuTensor {
-        assert!(offset + len <= t.len, "view [{offset}, {}) outside a tensor of {}", offset + len, t.len);
-        GpuTensor { buffer: t.buffer.clone(), offset: t.offset + offset, len }
+        assert!(
+            offset + len <= t.len,
+            "view [{offset}, {}) outside a tensor of {}",
+            offset + len,
+            t.len
+        );
+        GpuTensor {
+            buffer: t.buffer.clone(),
+            offset: t.offset + offset,
+            len,
+        }
     }
     fn len(&self, t: &GpuTensor) -> usize {
         t.len
@@ -96,7 +110,13 @@ impl Backend for Gpu {
     }
     fn copy(&self, src: &GpuTensor, dst: &GpuTensor) {
         assert_eq!(src.len, dst.len, "copy: length mismatch");
-        self.record_copy(&src.buffer, src.offset as u64 * 4, &dst.buffer, dst.offset as u64 * 4, src.len as u64 * 4);
+        self.record_copy(
+            &src.buffer,
+            src.offset as u64 * 4,
+            &dst.buffer,
+            dst.offset as u64 * 4,
+            src.len as u64 * 4,
+        );
     }
     fn flush(&self) {
         Gpu::flush(self)
@@ -117,23 +137,113 @@ impl Backend for Gpu {
         }
     }
 
-    fn conv2d_forward(&self, s: &ConvShape, input: &GpuTensor, weight: &GpuTensor, bias: &GpuTensor, output: &GpuTensor) {
+    fn conv2d_forward(
+        &self,
+        s: &ConvShape,
+        input: &GpuTensor,
+        weight: &GpuTensor,
+        bias: &GpuTensor,
+        output: &GpuTensor,
+    ) {
         conv2d::conv2d_forward(self, s, input, weight, bias, output)
     }
-    fn conv2d_backward_input(&self, s: &ConvShape, grad_output: &GpuTensor, weight: &GpuTensor, grad_input: &GpuTensor) {
+    fn conv2d_backward_input(
+        &self,
+        s: &ConvShape,
+        grad_output: &GpuTensor,
+        weight: &GpuTensor,
+        grad_input: &GpuTensor,
+    ) {
         conv2d::conv2d_backward_input(self, s, grad_output, weight, grad_input)
     }
-    fn conv2d_backward_weight(&self, s: &ConvShape, input: &GpuTensor, grad_output: &GpuTensor, grad_weight: &GpuTensor, grad_bias: &GpuTensor) {
+    fn conv2d_backward_weight(
+        &self,
+        s: &ConvShape,
+        input: &GpuTensor,
+        grad_output: &GpuTensor,
+        grad_weight: &GpuTensor,
+        grad_bias: &GpuTensor,
+    ) {
         conv2d::conv2d_backward_weight(self, s, input, grad_output, grad_weight, grad_bias)
     }
-    fn batch_norm_train(&self, s: &NormShape, p: &BatchNorm, input: &GpuTensor, gamma: &GpuTensor, beta: &GpuTensor, output: &GpuTensor, saved_mean: &GpuTensor, saved_inv_std: &GpuTensor, running_mean: &GpuTensor, running_var: &GpuTensor) {
-        batch_norm::batch_norm_train(self, s, p, input, gamma, beta, output, saved_mean, saved_inv_std, running_mean, running_var)
+    fn batch_norm_train(
+        &self,
+        s: &NormShape,
+        p: &BatchNorm,
+        input: &GpuTensor,
+        gamma: &GpuTensor,
+        beta: &GpuTensor,
+        output: &GpuTensor,
+        saved_mean: &GpuTensor,
+        saved_inv_std: &GpuTensor,
+        running_mean: &GpuTensor,
+        running_var: &GpuTensor,
+    ) {
+        batch_norm::batch_norm_train(
+            self,
+            s,
+            p,
+            input,
+            gamma,
+            beta,
+            output,
+            saved_mean,
+            saved_inv_std,
+            running_mean,
+            running_var,
+        )
     }
-    fn batch_norm_eval(&self, s: &NormShape, p: &BatchNorm, input: &GpuTensor, gamma: &GpuTensor, beta: &GpuTensor, running_mean: &GpuTensor, running_var: &GpuTensor, output: &GpuTensor) {
-        batch_norm::batch_norm_eval(self, s, p, input, gamma, beta, running_mean, running_var, output)
+    fn batch_norm_eval(
+        &self,
+        s: &NormShape,
+        p: &BatchNorm,
+        input: &GpuTensor,
+        gamma: &GpuTensor,
+        beta: &GpuTensor,
+        running_mean: &GpuTensor,
+        running_var: &GpuTensor,
+        output: &GpuTensor,
+    ) {
+        batch_norm::batch_norm_eval(
+            self,
+            s,
+            p,
+            input,
+            gamma,
+            beta,
+            running_mean,
+            running_var,
+            output,
+        )
     }
-    fn batch_norm_backward(&self, s: &NormShape, p: &BatchNorm, input: &GpuTensor, output: &GpuTensor, grad_output: &GpuTensor, gamma: &GpuTensor, saved_mean: &GpuTensor, saved_inv_std: &GpuTensor, grad_input: &GpuTensor, grad_gamma: &GpuTensor, grad_beta: &GpuTensor) {
-        batch_norm::batch_norm_backward(self, s, p, input, output, grad_output, gamma, saved_mean, saved_inv_std, grad_input, grad_gamma, grad_beta)
+    fn batch_norm_backward(
+        &self,
+        s: &NormShape,
+        p: &BatchNorm,
+        input: &GpuTensor,
+        output: &GpuTensor,
+        grad_output: &GpuTensor,
+        gamma: &GpuTensor,
+        saved_mean: &GpuTensor,
+        saved_inv_std: &GpuTensor,
+        grad_input: &GpuTensor,
+        grad_gamma: &GpuTensor,
+        grad_beta: &GpuTensor,
+    ) {
+        batch_norm::batch_norm_backward(
+            self,
+            s,
+            p,
+            input,
+            output,
+            grad_output,
+            gamma,
+            saved_mean,
+            saved_inv_std,
+            grad_input,
+            grad_gamma,
+            grad_beta,
+        )
     }
     fn relu_forward(&self, input: &GpuTensor, output: &GpuTensor) {
         batch_norm::relu_forward(self, input, output)
@@ -144,34 +254,135 @@ impl Backend for Gpu {
     fn max_pool_forward(&self, s: &PoolShape, input: &GpuTensor, output: &GpuTensor) {
         max_pool::max_pool_forward(self, s, input, output)
     }
-    fn max_pool_backward(&self, s: &PoolShape, input: &GpuTensor, grad_output: &GpuTensor, grad_input: &GpuTensor) {
+    fn max_pool_backward(
+        &self,
+        s: &PoolShape,
+        input: &GpuTensor,
+        grad_output: &GpuTensor,
+        grad_input: &GpuTensor,
+    ) {
         max_pool::max_pool_backward(self, s, input, grad_output, grad_input)
     }
-    fn pairwise_sq_dist(&self, rows_a: usize, rows_b: usize, dim: usize, a: &GpuTensor, b: &GpuTensor, out: &GpuTensor) {
+    fn pairwise_sq_dist(
+        &self,
+        rows_a: usize,
+        rows_b: usize,
+        dim: usize,
+        a: &GpuTensor,
+        b: &GpuTensor,
+        out: &GpuTensor,
+    ) {
         distance::pairwise_sq_dist(self, rows_a, rows_b, dim, a, b, out)
     }
-    fn pairwise_sq_dist_backward(&self, rows_a: usize, rows_b: usize, dim: usize, a: &GpuTensor, b: &GpuTensor, grad_out: &GpuTensor, grad_a: &GpuTensor, grad_b: &GpuTensor) {
-        distance::pairwise_sq_dist_backward(self, rows_a, rows_b, dim, a, b, grad_out, grad_a, grad_b)
+    fn pairwise_sq_dist_backward(
+        &self,
+        rows_a: usize,
+        rows_b: usize,
+        dim: usize,
+        a: &GpuTensor,
+        b: &GpuTensor,
+        grad_out: &GpuTensor,
+        grad_a: &GpuTensor,
+        grad_b: &GpuTensor,
+    ) {
+        distance::pairwise_sq_dist_backward(
+            self, rows_a, rows_b, dim, a, b, grad_out, grad_a, grad_b,
+        )
     }
-    fn prototypes(&self, way: usize, dim: usize, support: &GpuTensor, labels: &GpuTensor, prototypes: &GpuTensor) {
+    fn prototypes(
+        &self,
+        way: usize,
+        dim: usize,
+        support: &GpuTensor,
+        labels: &GpuTensor,
+        prototypes: &GpuTensor,
+    ) {
         prototypes::prototypes(self, way, dim, support, labels, prototypes)
     }
-    fn prototypes_backward(&self, way: usize, dim: usize, labels: &GpuTensor, grad_prototypes: &GpuTensor, grad_support: &GpuTensor) {
+    fn prototypes_backward(
+        &self,
+        way: usize,
+        dim: usize,
+        labels: &GpuTensor,
+        grad_prototypes: &GpuTensor,
+        grad_support: &GpuTensor,
+    ) {
         prototypes::prototypes_backward(self, way, dim, labels, grad_prototypes, grad_support)
     }
-    fn softmax_xent(&self, queries: usize, way: usize, distances: &GpuTensor, labels: &GpuTensor, grad_distances: &GpuTensor, correct: &GpuTensor, stats: &GpuTensor) {
-        softmax_xent::softmax_xent(self, queries, way, distances, labels, grad_distances, correct, stats)
+    fn softmax_xent(
+        &self,
+        queries: usize,
+        way: usize,
+        distances: &GpuTensor,
+        labels: &GpuTensor,
+        grad_distances: &GpuTensor,
+        correct: &GpuTensor,
+        stats: &GpuTensor,
+    ) {
+        softmax_xent::softmax_xent(
+            self,
+            queries,
+            way,
+            distances,
+            labels,
+            grad_distances,
+            correct,
+            stats,
+        )
     }
-    fn contrastive_loss(&self, pairs: usize, dim: usize, margin: f32, left: &GpuTensor, right: &GpuTensor, same: &GpuTensor, grad_left: &GpuTensor, grad_right: &GpuTensor, stats: &GpuTensor) {
-        pair_loss::contrastive_loss(self, pairs, dim, margin, left, right, same, grad_left, grad_right, stats)
+    fn contrastive_loss(
+        &self,
+        pairs: usize,
+        dim: usize,
+        margin: f32,
+        left: &GpuTensor,
+        right: &GpuTensor,
+        same: &GpuTensor,
+        grad_left: &GpuTensor,
+        grad_right: &GpuTensor,
+        stats: &GpuTensor,
+    ) {
+        pair_loss::contrastive_loss(
+            self, pairs, dim, margin, left, right, same, grad_left, grad_right, stats,
+        )
     }
-    fn koch_loss(&self, pairs: usize, dim: usize, left: &GpuTensor, right: &GpuTensor, same: &GpuTensor, alpha: &GpuTensor, bias: &GpuTensor, grad_left: &GpuTensor, grad_right: &GpuTensor, grad_alpha: &GpuTensor, grad_bias: &GpuTensor, stats: &GpuTensor) {
-        pair_loss::koch_loss(self, pairs, dim, left, right, same, alpha, bias, grad_left, grad_right, grad_alpha, grad_bias, stats)
+    fn koch_loss(
+        &self,
+        pairs: usize,
+        dim: usize,
+        left: &GpuTensor,
+        right: &GpuTensor,
+        same: &GpuTensor,
+        alpha: &GpuTensor,
+        bias: &GpuTensor,
+        grad_left: &GpuTensor,
+        grad_right: &GpuTensor,
+        grad_alpha: &GpuTensor,
+        grad_bias: &GpuTensor,
+        stats: &GpuTensor,
+    ) {
+        pair_loss::koch_loss(
+            self, pairs, dim, left, right, same, alpha, bias, grad_left, grad_right, grad_alpha,
+            grad_bias, stats,
+        )
     }
-    fn adam(&self, p: &AdamStep, params: &GpuTensor, grads: &GpuTensor, m: &GpuTensor, v: &GpuTensor) {
+    fn adam(
+        &self,
+        p: &AdamStep,
+        params: &GpuTensor,
+        grads: &GpuTensor,
+        m: &GpuTensor,
+        v: &GpuTensor,
+    ) {
         adam::adam(self, p, params, grads, m, v)
     }
-    fn gather(&self, item_len: usize, dataset: &GpuTensor, indices: &GpuTensor, output: &GpuTensor) {
+    fn gather(
+        &self,
+        item_len: usize,
+        dataset: &GpuTensor,
+        indices: &GpuTensor,
+        output: &GpuTensor,
+    ) {
         gather::gather(self, item_len, dataset, indices, output)
     }
 }

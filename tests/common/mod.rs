@@ -16,7 +16,9 @@ pub const OPT_OUT_VAR: &str = "FEWSHOT_SKIP_GPU_TESTS";
 /// message says how to get one.
 pub fn gpu() -> Option<&'static Gpu> {
     static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
-    match GPU.get_or_init(|| Gpu::new(std::env::var("FEWSHOT_ADAPTER").ok().as_deref()).map_err(|e| e.to_string())) {
+    match GPU.get_or_init(|| {
+        Gpu::new(std::env::var("FEWSHOT_ADAPTER").ok().as_deref()).map_err(|e| e.to_string())
+    }) {
         Ok(gpu) => Some(gpu),
         Err(e) => {
             if std::env::var_os(OPT_OUT_VAR).is_some() {
@@ -79,7 +81,10 @@ pub const F32_TOLERANCE: f64 = 1e-4;
 #[track_caller]
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
     let e = max_rel_error(got, want);
-    eprintln!("{what}: max relative error {e:.2e} over {} elements", want.len());
+    eprintln!(
+        "{what}: max relative error {e:.2e} over {} elements",
+        want.len()
+    );
     if e > tol {
         let (i, g, w) = got
             .iter()
@@ -122,7 +127,7 @@ pub fn assert_grad_close(what: &str, analytic: &[f64], numeric: &[f64], tol: f64
     let mut worst = (0.0f64, 0usize);
     for (i, (a, n)) in analytic.iter().zip(numeric).enumerate() {
         let e = (a - n).abs() / n.abs().max(floor);
-        if !(e <= worst.0) {
+        if e > worst.0 || e.is_nan() {
             worst = (e, i);
         }
     }

@@ -1,0 +1,4 @@
+//! Training: the per-step code ([`step`]), trainers, evaluation.
+pub mod eval;
+pub mod step;
+pub mod trainer;
