@@ -346,12 +346,66 @@ pub struct EvalArgs {
     /// `--prototypes false` compares with every support example (the Siamese rule).
     #[arg(long)]
     pub prototypes: Option<bool>,
+    /// Run Lake et al.'s 20-way within-alphabet one-shot benchmark instead: a folder of
+    /// `runNN/` folders (class_labels.txt, training/, test/) or the official all_runs.zip.
+    #[arg(long)]
+    pub lake_runs: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceChoice,
     #[arg(long)]
     pub adapter: Option<String>,
     #[arg(long)]
     pub json: bool,
+}
+
+/// The result of `fewshot eval --lake-runs`.
+#[derive(serde::Serialize)]
+pub struct LakeEvalReport {
+    pub method: String,
+    pub loss: Option<String>,
+    pub device: String,
+    pub adapter: String,
+    pub checkpoint: PathBuf,
+    pub rule: String,
+    #[serde(flatten)]
+    pub report: crate::train::lake::LakeReport,
+}
+
+pub fn run_lake_eval(args: &EvalArgs, runs_path: &Path) -> Result<LakeEvalReport> {
+    let ck = Checkpoint::load(&args.checkpoint)?;
+    if ck.meta.arch.in_channels != 1 {
+        bail!(
+            "{}: Lake's runs are grayscale but the model takes {}-channel images",
+            args.checkpoint.display(),
+            ck.meta.arch.in_channels
+        );
+    }
+    let runs = data::lake::load_lake_runs(runs_path, ck.meta.arch.image_size)?;
+    let backend = open_device(args.device, args.adapter.as_deref(), args.json)?;
+    let rule = default_rule(
+        &ck.meta.method,
+        ck.meta.loss.as_deref(),
+        &ck.params,
+        &ck.meta.arch,
+        args.prototypes,
+    );
+    let report = with_backend!(&backend, b => {
+        let model = load_model(b, &ck);
+        crate::train::lake::evaluate_lake(&runs, &rule, &mut |images: &[f32], n: usize| embed_all(b, &model, images, n))
+    });
+    Ok(LakeEvalReport {
+        method: ck.meta.method.clone(),
+        loss: ck.meta.loss.clone(),
+        device: backend.kind().into(),
+        adapter: backend.describe(),
+        checkpoint: args.checkpoint.clone(),
+        rule: if ck.meta.loss.as_deref() == Some("koch") {
+            "highest Koch score".into()
+        } else {
+            "nearest (Euclidean)".into()
+        },
+        report,
+    })
 }
 
 #[derive(serde::Serialize)]
@@ -453,6 +507,10 @@ pub struct PredictArgs {
     pub queries: Vec<PathBuf>,
     #[arg(long)]
     pub prototypes: Option<bool>,
+    /// Invert pixel values (1 - x): for dark-on-light images with a model trained on light-on-dark
+    /// strokes (Omniglot and the synthetic set are strokes = 1 on 0).
+    #[arg(long)]
+    pub invert: bool,
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceChoice,
     #[arg(long)]
@@ -480,11 +538,22 @@ pub struct PredictReport {
 pub fn run_predict(args: &PredictArgs) -> Result<PredictReport> {
     let ck = Checkpoint::load(&args.checkpoint)?;
     let arch = &ck.meta.arch;
-    let support = data::load_support_folder(&args.support, arch.image_size, arch.in_channels)
-        .with_context(|| format!("reading the support set {}", args.support.display()))?;
+    let mut support =
+        data::load_support_folder(&args.support, arch.image_size, arch.in_channels)
+            .with_context(|| format!("reading the support set {}", args.support.display()))?;
+    if support.classes.is_empty() {
+        bail!("{}: no class folders with images", args.support.display());
+    }
     let mut query_images = Vec::new();
     for q in &args.queries {
         query_images.extend(data::load_image_file(q, arch.image_size, arch.in_channels)?);
+    }
+    if args.invert {
+        support
+            .images
+            .iter_mut()
+            .chain(query_images.iter_mut())
+            .for_each(|v| *v = 1.0 - *v);
     }
     let backend = open_device(args.device, args.adapter.as_deref(), true)?;
     let dim = arch.embedding_dim();

@@ -7,7 +7,9 @@ pub mod gpu;
 pub mod ops;
 
 pub use ops::Backend;
+pub mod bench;
 pub mod cli;
+pub mod compare;
 pub mod info;
 pub mod model;
 pub mod train;

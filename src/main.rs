@@ -22,6 +22,11 @@ enum Command {
     Eval(Box<fewshot::cli::EvalArgs>),
     /// Classify images given a folder of labelled examples (one sub-folder per class).
     Predict(Box<fewshot::cli::PredictArgs>),
+    /// Train ProtoNet and Siamese (contrastive, Koch) alike and evaluate all on the same test episodes.
+    Compare(Box<fewshot::compare::CompareArgs>),
+    /// Measure kernel throughput against the device's copy and matmul ceilings, training-step
+    /// times and inference speed, on the CPU and on the GPU.
+    Bench(Box<fewshot::bench::BenchArgs>),
     /// List GPU adapters, their limits and features, and which one training would use.
     Info {
         /// Pick the adapter whose name contains this (case-insensitive).
@@ -41,9 +46,25 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // First Ctrl-C: the trainer saves a checkpoint and stops after the current step.
+    // A second one exits at once (the previous checkpoint stays valid: writes are atomic).
+    let _ = ctrlc::set_handler(|| {
+        use std::sync::atomic::Ordering;
+        if fewshot::train::trainer::INTERRUPTED.swap(true, Ordering::SeqCst) {
+            eprintln!("\ninterrupted again: exiting without saving");
+            std::process::exit(130);
+        }
+        eprintln!(
+            "\ninterrupt: saving a checkpoint after this step (Ctrl-C again to quit at once)"
+        );
+    });
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(i) = e.downcast_ref::<fewshot::train::trainer::Interrupted>() {
+                eprintln!("{i}");
+                return ExitCode::from(130);
+            }
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
@@ -67,6 +88,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
                 println!("test classes:");
                 fewshot::cli::print_eval_table(&report.eval);
+            }
+            Ok(())
+        }
+        Command::Eval(args) if args.lake_runs.is_some() => {
+            let runs = args.lake_runs.clone().unwrap_or_default();
+            let report = fewshot::cli::run_lake_eval(&args, &runs)?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "{} ({}), rule: {}",
+                    report.method,
+                    report.loss.as_deref().unwrap_or("prototypical loss"),
+                    report.rule
+                );
+                println!("{}", report.report);
             }
             Ok(())
         }
@@ -112,6 +149,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Compare(args) => {
+            let report = fewshot::compare::run_compare(&args)?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                fewshot::compare::print_table(&report);
+            }
+            Ok(())
+        }
+        Command::Bench(args) => fewshot::bench::run_cli(&args),
         Command::Info {
             adapter,
             json,

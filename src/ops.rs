@@ -176,6 +176,10 @@ pub trait Backend {
     fn kind(&self) -> &'static str;
     /// Human-readable adapter / device description (name and backend).
     fn describe(&self) -> String;
+    /// The largest tensor (in f32 elements) one op can bind: the adapter's storage-binding limit.
+    fn max_tensor_len(&self) -> usize {
+        usize::MAX
+    }
 
     /// A zero-filled tensor of `len` elements.
     fn zeros(&self, len: usize) -> Self::Tensor;
@@ -197,8 +201,13 @@ pub trait Backend {
     fn read(&self, t: &Self::Tensor) -> Vec<f32>;
     /// Ask for `t`'s contents as of the work recorded so far; collect with [`Backend::resolve`].
     fn read_deferred(&self, t: &Self::Tensor) -> Self::Pending;
-    /// The data of a deferred read: `None` if not ready yet and `block` is false.
-    fn resolve(&self, pending: &Self::Pending, block: bool) -> Option<Vec<f32>>;
+    /// The data of a deferred read: `Ok(None)` if not ready yet and `block` is false; an error
+    /// when the device failed (lost, or a validation error).
+    fn resolve(&self, pending: &Self::Pending, block: bool) -> Result<Option<Vec<f32>>, String>;
+    /// The first device error since creation (a validation error, a lost device), if any.
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
 
     // ---- convolution (shaders/conv2d.wgsl, src/cpu/conv2d.rs)
     fn conv2d_forward(

@@ -203,7 +203,7 @@ fn protonet_step_matches_cpu() {
         let buf = ProtoBuffers::new(b, &model, wsq.0, wsq.1, wsq.2);
         let data = b.tensor_from(dataset);
         b.write_index(&buf.indices, indices);
-        protonet_step(b, &model, &buf, &data, adam);
+        protonet_step(b, &model, &buf, Some(&data), adam);
         (
             b.read(&buf.stats),
             b.read(&model.grads),
@@ -318,7 +318,7 @@ fn siamese_step_matches_cpu(loss: PairLoss) {
         let data = b.tensor_from(dataset);
         b.write_index(&buf.indices, indices);
         b.write(&buf.same, same);
-        siamese_step(b, &model, &buf, &data, loss, 1.0, adam);
+        siamese_step(b, &model, &buf, Some(&data), loss, 1.0, adam);
         (
             b.read(&buf.stats),
             b.read(&model.params),

@@ -69,6 +69,6 @@ fn deferred_read_returns_the_data_of_its_submission() {
     gpu.fill(&t, 5.0);
     let second = gpu.read_deferred(&t);
     gpu.flush();
-    assert_eq!(gpu.resolve(&second, true).unwrap(), vec![5.0, 5.0]);
-    assert_eq!(gpu.resolve(&first, true).unwrap(), vec![1.0, 2.0]);
+    assert_eq!(gpu.resolve(&second, true).unwrap().unwrap(), vec![5.0, 5.0]);
+    assert_eq!(gpu.resolve(&first, true).unwrap().unwrap(), vec![1.0, 2.0]);
 }

@@ -211,3 +211,23 @@ fn checkpoint_round_trips_and_rejects_garbage() {
     }
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn streaming_a_dataset_too_large_for_the_device_trains_identically() {
+    let data = small_synthetic(5);
+    let cfg = config(Method::Protonet, None, 3, 5);
+    let resident = out_dir("resident");
+    train(&Cpu::new(), "cpu", &data, &cfg, 28, &resident, None, &QUIET).unwrap();
+    // A "device" whose binding limit is smaller than the training split but fits every batch.
+    let small = Cpu::with_max_tensor_len(data.train.images.len() - 1);
+    let streamed = out_dir("streamed");
+    train(&small, "cpu", &data, &cfg, 28, &streamed, None, &QUIET).unwrap();
+    let a = Checkpoint::load(&resident.join("last.safetensors")).unwrap();
+    let b = Checkpoint::load(&streamed.join("last.safetensors")).unwrap();
+    assert!(
+        a.params == b.params,
+        "streamed batches trained differently from device-resident ones"
+    );
+    let _ = std::fs::remove_dir_all(&resident);
+    let _ = std::fs::remove_dir_all(&streamed);
+}

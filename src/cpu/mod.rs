@@ -92,12 +92,26 @@ pub fn with_two_mut<R>(
 }
 
 /// The CPU backend. Ops run immediately on the calling thread (fast kernels use rayon inside).
-#[derive(Default)]
-pub struct Cpu;
+pub struct Cpu {
+    max_tensor_len: usize,
+}
+
+impl Default for Cpu {
+    fn default() -> Self {
+        Cpu {
+            max_tensor_len: usize::MAX,
+        }
+    }
+}
 
 impl Cpu {
     pub fn new() -> Self {
-        Cpu
+        Cpu::default()
+    }
+    /// A CPU backend that claims a binding limit, as a GPU has: lets tests exercise the code
+    /// paths for datasets that do not fit the device.
+    pub fn with_max_tensor_len(max_tensor_len: usize) -> Self {
+        Cpu { max_tensor_len }
     }
 }
 
@@ -114,6 +128,9 @@ impl Backend for Cpu {
     }
     fn describe(&self) -> String {
         format!("CPU ({} threads)", rayon::current_num_threads())
+    }
+    fn max_tensor_len(&self) -> usize {
+        self.max_tensor_len
     }
     fn zeros(&self, len: usize) -> CpuTensor {
         CpuBuf::new(vec![0.0; len])
@@ -160,8 +177,8 @@ impl Backend for Cpu {
     fn read_deferred(&self, t: &CpuTensor) -> CpuPending {
         CpuPending(t.get().to_vec())
     }
-    fn resolve(&self, pending: &CpuPending, _block: bool) -> Option<Vec<f32>> {
-        Some(pending.0.clone())
+    fn resolve(&self, pending: &CpuPending, _block: bool) -> Result<Option<Vec<f32>>, String> {
+        Ok(Some(pending.0.clone()))
     }
 
     fn conv2d_forward(

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod decode;
 pub mod folder;
+pub mod lake;
 pub mod omniglot;
 mod sampler;
 pub mod synthetic;
@@ -226,17 +227,14 @@ pub enum DataError {
         "invalid dataset source {0:?}: expected \"synthetic\", \"omniglot:PATH\" or \"folder:PATH\""
     )]
     BadSource(String),
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: not a readable zip archive: {source}")]
+    // The underlying error is part of the message (and deliberately not a `source`, so
+    // error chains do not print it twice).
+    #[error("{path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
+    #[error("{path}: not a readable zip archive: {cause}")]
     Zip {
         path: String,
-        #[source]
-        source: zip::result::ZipError,
+        cause: zip::result::ZipError,
     },
     #[error(
         "{zip}: entry {entry:?} has an unsafe path (absolute or containing '..'); refusing it"
@@ -262,7 +260,7 @@ impl DataError {
     pub(crate) fn io(path: impl fmt::Display, source: std::io::Error) -> Self {
         DataError::Io {
             path: path.to_string(),
-            source,
+            cause: source,
         }
     }
     pub(crate) fn layout(path: impl fmt::Display, message: impl Into<String>) -> Self {

@@ -136,7 +136,7 @@ fn scan_zip(path: &Path, role: Role, found: &mut Found) -> Result<(), DataError>
     let shown = path.display().to_string();
     let zip_err = |source| DataError::Zip {
         path: shown.clone(),
-        source,
+        cause: source,
     };
     let file = fs::File::open(path).map_err(|e| DataError::io(&shown, e))?;
     let mut archive = zip::ZipArchive::new(file).map_err(zip_err)?;
@@ -308,7 +308,13 @@ fn load_image(image: &ImageRef, size: usize) -> Result<Vec<f32>, DataError> {
             owned.as_slice()
         }
     };
-    let img = decode(bytes, &image.name)?;
+    preprocess(bytes, &image.name, size)
+}
+
+/// Decodes one Omniglot-style image (black strokes on white): inverted so strokes are 1 and
+/// area-resized to `size x size`. Shared with the Lake-runs loader.
+pub(crate) fn preprocess(bytes: &[u8], name: &str, size: usize) -> Result<Vec<f32>, DataError> {
+    let img = decode(bytes, name)?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let mut luma = img.to_luma32f().into_raw();
     for v in &mut luma {

@@ -130,11 +130,17 @@ impl Backend for Gpu {
     fn read_deferred(&self, t: &GpuTensor) -> GpuPending {
         Gpu::request_read(self, &t.buffer, t.offset, t.len)
     }
-    fn resolve(&self, pending: &GpuPending, block: bool) -> Option<Vec<f32>> {
-        match Gpu::collect_read(self, pending, block) {
-            Ok(d) => d,
-            Err(e) => panic!("GPU read failed: {e}"),
-        }
+    fn resolve(&self, pending: &GpuPending, block: bool) -> Result<Option<Vec<f32>>, String> {
+        Gpu::collect_read(self, pending, block).map_err(|e| e.to_string())
+    }
+
+    fn max_tensor_len(&self) -> usize {
+        let bytes = (self.limits.max_storage_buffer_binding_size).min(self.limits.max_buffer_size);
+        (bytes / 4) as usize
+    }
+
+    fn check(&self) -> Result<(), String> {
+        Gpu::check(self).map_err(|e| e.to_string())
     }
 
     fn conv2d_forward(

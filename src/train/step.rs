@@ -99,16 +99,19 @@ pub fn protonet_loss<B: Backend>(
     model.backward(backend, &buf.act);
 }
 
-/// A full ProtoNet training step on images gathered from the device-resident `dataset` by the
-/// indices already written to `buf.indices`.
+/// A full ProtoNet training step. With a device-resident `dataset`, the images are gathered on
+/// the device by the indices already written to `buf.indices`; with `None` they must already
+/// be in `buf.act.input` (streamed from the host when the dataset does not fit the device).
 pub fn protonet_step<B: Backend>(
     backend: &B,
     model: &Conv4<B>,
     buf: &ProtoBuffers<B>,
-    dataset: &B::Tensor,
+    dataset: Option<&B::Tensor>,
     adam: &AdamStep,
 ) {
-    backend.gather(model.cfg.image_len(), dataset, &buf.indices, &buf.act.input);
+    if let Some(dataset) = dataset {
+        backend.gather(model.cfg.image_len(), dataset, &buf.indices, &buf.act.input);
+    }
     protonet_loss(backend, model, buf, true);
     backend.adam(
         adam,
@@ -151,17 +154,20 @@ impl<B: Backend> PairBuffers<B> {
     }
 }
 
-/// A full Siamese training step: gather, forward, pair loss, backward, Adam.
+/// A full Siamese training step: gather (as in [`protonet_step`]), forward, pair loss,
+/// backward, Adam.
 pub fn siamese_step<B: Backend>(
     backend: &B,
     model: &Conv4<B>,
     buf: &PairBuffers<B>,
-    dataset: &B::Tensor,
+    dataset: Option<&B::Tensor>,
     loss: PairLoss,
     margin: f32,
     adam: &AdamStep,
 ) {
-    backend.gather(model.cfg.image_len(), dataset, &buf.indices, &buf.act.input);
+    if let Some(dataset) = dataset {
+        backend.gather(model.cfg.image_len(), dataset, &buf.indices, &buf.act.input);
+    }
     siamese_loss(backend, model, buf, loss, margin);
     backend.adam(
         adam,

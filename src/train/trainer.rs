@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -168,6 +169,19 @@ pub fn default_rule(
     }
 }
 
+/// Set by the Ctrl-C handler: the trainer saves `last.safetensors` and stops at the end of the
+/// current step.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Training stopped by Ctrl-C after saving its state.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted at episode {episode}: saved {checkpoint}; continue with `fewshot train --resume {dir}` and the same options")]
+pub struct Interrupted {
+    pub episode: u64,
+    pub checkpoint: String,
+    pub dir: String,
+}
+
 /// Progress/log output policy.
 pub struct Reporter {
     pub progress: bool,
@@ -224,8 +238,25 @@ pub fn train<B: Backend>(
         backend.write(&model.adam_v, v);
     }
 
-    // The training split lives on the device for the whole run; steps upload indices only.
-    let train_images = backend.tensor_from(&dataset.train.images);
+    // The training split lives on the device for the whole run and steps upload indices only;
+    // a split larger than the device can bind is streamed instead: the host assembles each
+    // batch and uploads its images.
+    let resident = dataset.train.images.len() <= backend.max_tensor_len();
+    let train_images = resident.then(|| backend.tensor_from(&dataset.train.images));
+    if !resident && !reporter.quiet {
+        eprintln!(
+            "note: the training split ({} MiB) exceeds the device's largest binding ({} MiB); streaming batches from the host",
+            (dataset.train.images.len() * 4) >> 20,
+            backend.max_tensor_len().saturating_mul(4) >> 20
+        );
+    }
+    let stream = |idx: &[u32], input: &B::Tensor| {
+        let mut batch = Vec::with_capacity(idx.len() * arch.image_len());
+        for &i in idx {
+            batch.extend_from_slice(dataset.train.image(i as usize));
+        }
+        backend.write(input, &batch);
+    };
 
     enum Sampler<B: Backend> {
         Proto(EpisodeSampler, ProtoBuffers<B>),
@@ -345,11 +376,21 @@ pub fn train<B: Backend>(
                    window: &mut (f64, f64, u64),
                    last: &mut Option<(f64, f64)>|
      -> Result<()> {
+        backend.check().map_err(|e| {
+            anyhow::anyhow!(
+                "device error during training: {e}; the last checkpoint is {}",
+                out.join("last.safetensors").display()
+            )
+        })?;
         while let Some((ep, p)) = pending.front() {
             let must = all || pending.len() > 2;
-            let Some(v) = backend.resolve(p, must) else {
-                break;
-            };
+            let read = backend.resolve(p, must).map_err(|e| {
+                anyhow::anyhow!(
+                    "device error during training: {e}; the last checkpoint is {}",
+                    out.join("last.safetensors").display()
+                )
+            })?;
+            let Some(v) = read else { break };
             let (ep, loss, acc) = (*ep, v[0] as f64, v[1] as f64);
             pending.pop_front();
             if !loss.is_finite() {
@@ -368,6 +409,15 @@ pub fn train<B: Backend>(
     };
 
     let dim = arch.embedding_dim();
+    let val_every = if cfg.val_every > 0 && dataset.val.classes.len() < 2 {
+        log(format!(
+            "warning: the validation split has {} classes; validation is off and best.safetensors is the last model",
+            dataset.val.classes.len()
+        ));
+        0
+    } else {
+        cfg.val_every
+    };
     let validate = |model: &Conv4<B>| -> Result<EvalResult> {
         let emb = embed_all(
             backend,
@@ -397,25 +447,54 @@ pub fn train<B: Backend>(
                 break;
             }
         }
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            collect(&mut pending, true, &mut window, &mut last_stats)?;
+            let path = out.join("last.safetensors");
+            let elapsed = elapsed0 + started.elapsed().as_secs_f64();
+            save(
+                &path,
+                &model,
+                episode,
+                sampler_json(&sampler),
+                best_val,
+                elapsed,
+                true,
+            )?;
+            if let Some(b) = &bar {
+                b.abandon();
+            }
+            return Err(Interrupted {
+                episode,
+                checkpoint: path.display().to_string(),
+                dir: out.display().to_string(),
+            }
+            .into());
+        }
         let adam = AdamStep::new(cfg.lr_at(episode), (episode + 1) as u32);
         match &mut sampler {
             Sampler::Proto(s, buf) => {
                 let ep = s.next();
                 let idx: Vec<u32> = ep.support.iter().chain(&ep.query).copied().collect();
-                backend.write_index(&buf.indices, &idx);
-                protonet_step(backend, &model, buf, &train_images, &adam);
+                match &train_images {
+                    Some(_) => backend.write_index(&buf.indices, &idx),
+                    None => stream(&idx, &buf.act.input),
+                }
+                protonet_step(backend, &model, buf, train_images.as_ref(), &adam);
                 pending.push_back((episode, backend.read_deferred(&buf.stats)));
             }
             Sampler::Pair(s, buf) => {
                 let batch = s.next();
                 let idx: Vec<u32> = batch.left.iter().chain(&batch.right).copied().collect();
-                backend.write_index(&buf.indices, &idx);
+                match &train_images {
+                    Some(_) => backend.write_index(&buf.indices, &idx),
+                    None => stream(&idx, &buf.act.input),
+                }
                 backend.write(&buf.same, &batch.same);
                 siamese_step(
                     backend,
                     &model,
                     buf,
-                    &train_images,
+                    train_images.as_ref(),
                     cfg.loss.unwrap_or(PairLoss::Contrastive),
                     cfg.margin,
                     &adam,
@@ -433,7 +512,7 @@ pub fn train<B: Backend>(
             }
         }
         let at_log = episode % cfg.log_every == 0;
-        let at_val = cfg.val_every > 0 && episode % cfg.val_every == 0;
+        let at_val = val_every > 0 && episode % val_every == 0;
         if at_log || at_val {
             collect(&mut pending, true, &mut window, &mut last_stats)?;
             let (loss, acc) = if window.2 > 0 {
@@ -542,6 +621,9 @@ pub fn train<B: Backend>(
         shots.push(cfg.shot);
     }
     let mut eval = Vec::new();
+    if cfg.eval_episodes == 0 {
+        shots.clear();
+    }
     for shot in shots {
         let way = 5.min(dataset.test.classes.len());
         eval.push(evaluate(
