@@ -8,7 +8,7 @@
 // Tiling: a workgroup of 16 x 16 threads computes a 64 x 64 tile of c, stepping through k in
 // slices of 16. Each slice of a (64 x 16) and b (16 x 64) is staged in workgroup memory
 // (2 x 4 KiB), each thread loading 4 elements of each with consecutive threads reading
-// consecutive addresses. Each thread then accumulates a 4 x 4 register block: rows
+// consecutive addresses. Each thread then accumulates a 4 x 4 register block (4 vec4s): rows
 // `ty + 16 r` and columns `tx + 16 s` of the tile (strided, so the threads of a row read
 // consecutive workgroup-memory words and write consecutive words of c). The k-slice loop count
 // is uniform across the workgroup, so both barriers are in uniform control flow.
@@ -47,10 +47,12 @@ fn matmul(
     let tx = lid.x;
     let ty = lid.y;
 
-    var acc: array<f32, 16>;
-    for (var i = 0u; i < 16u; i++) {
-        acc[i] = 0.0;
-    }
+    // acc_i[j] accumulates c[row0 + ty + 16 i][col0 + tx + 16 j]. Plain vec4 variables, not
+    // an indexed array, so every compiler keeps them in registers.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
 
     let slices = (mp.k_len + SLICE - 1u) / SLICE;
     for (var s = 0u; s < slices; s++) {
@@ -77,28 +79,36 @@ fn matmul(
         }
         workgroupBarrier();
         for (var kk = 0u; kk < SLICE; kk++) {
-            var av: array<f32, 4>;
-            var bv: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                av[i] = tile_a[kk * TILE + ty + 16u * i];
-                bv[i] = tile_b[kk * TILE + tx + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i * 4u + j] = fma(av[i], bv[j], acc[i * 4u + j]);
-                }
-            }
+            let base = kk * TILE;
+            let b = vec4<f32>(
+                tile_b[base + tx],
+                tile_b[base + tx + 16u],
+                tile_b[base + tx + 32u],
+                tile_b[base + tx + 48u],
+            );
+            acc0 = fma(vec4<f32>(tile_a[base + ty]), b, acc0);
+            acc1 = fma(vec4<f32>(tile_a[base + ty + 16u]), b, acc1);
+            acc2 = fma(vec4<f32>(tile_a[base + ty + 32u]), b, acc2);
+            acc3 = fma(vec4<f32>(tile_a[base + ty + 48u]), b, acc3);
         }
         workgroupBarrier();
     }
 
-    for (var i = 0u; i < 4u; i++) {
-        let row = row0 + ty + 16u * i;
-        for (var j = 0u; j < 4u; j++) {
-            let col = col0 + tx + 16u * j;
-            if (row < mp.m && col < mp.n) {
-                mm_c[mp.c_off + row * mp.n + col] = acc[i * 4u + j];
-            }
+    store_row(row0 + ty, col0 + tx, acc0);
+    store_row(row0 + ty + 16u, col0 + tx, acc1);
+    store_row(row0 + ty + 32u, col0 + tx, acc2);
+    store_row(row0 + ty + 48u, col0 + tx, acc3);
+}
+
+// c[row][col + 16 j] = v[j] for the j that fall inside c.
+fn store_row(row: u32, col: u32, v: vec4<f32>) {
+    if (row >= mp.m) {
+        return;
+    }
+    let at = mp.c_off + row * mp.n;
+    for (var j = 0u; j < 4u; j++) {
+        if (col + 16u * j < mp.n) {
+            mm_c[at + col + 16u * j] = v[j];
         }
     }
 }

@@ -160,7 +160,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 128)]
     pub pairs: usize,
     /// Training episodes (ProtoNet) or pair batches (Siamese).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 600)]
     pub episodes: u64,
     /// Stop after this many seconds of training even if --episodes are not done.
     #[arg(long)]
@@ -179,7 +179,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Validate (N-way 1-shot on validation classes) every this many episodes; 0 disables.
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = 200)]
     pub val_every: u64,
     #[arg(long, default_value_t = 200)]
     pub val_episodes: usize,

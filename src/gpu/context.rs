@@ -537,20 +537,31 @@ impl Gpu {
         // Make sure the copy has been submitted.
         self.flush();
         if !pending.ready.load(Ordering::SeqCst) {
-            let poll = if block {
-                wgpu::PollType::wait_indefinitely()
-            } else {
-                wgpu::PollType::Poll
-            };
-            self.device
-                .poll(poll)
-                .map_err(|e| GpuError::Device(e.to_string()))?;
-            self.check()?;
-            if !pending.ready.load(Ordering::SeqCst) {
-                if block {
-                    return Err(GpuError::Device("read-back never completed".into()));
+            if !block {
+                self.device
+                    .poll(wgpu::PollType::Poll)
+                    .map_err(|e| GpuError::Device(e.to_string()))?;
+                self.check()?;
+                if !pending.ready.load(Ordering::SeqCst) {
+                    return Ok(None);
                 }
-                return Ok(None);
+            } else {
+                // Waiting returns once the submission is done, but when several threads poll
+                // the device one of them may still be running our map callback: poll again
+                // until it has run.
+                let started = std::time::Instant::now();
+                while !pending.ready.load(Ordering::SeqCst) {
+                    self.device
+                        .poll(wgpu::PollType::wait_indefinitely())
+                        .map_err(|e| GpuError::Device(e.to_string()))?;
+                    self.check()?;
+                    if started.elapsed() > std::time::Duration::from_secs(600) {
+                        return Err(GpuError::Device(
+                            "read-back did not complete in 10 minutes".into(),
+                        ));
+                    }
+                    std::thread::yield_now();
+                }
             }
         }
         if pending.failed.load(Ordering::SeqCst) {
