@@ -409,6 +409,14 @@ pub trait Backend {
         v: &Self::Tensor,
     );
 
+    // ---- gradient clipping (shaders/clip.wgsl, src/cpu/clip.rs)
+    /// Global L2-norm clipping of a flat gradient buffer, in place, without a host round trip
+    /// (PyTorch's `clip_grad_norm_`): writes `norm = sqrt(sum_i grads[i]^2)`, the norm *before*
+    /// clipping, to `norm_out` (one float, in a different buffer than `grads`) and multiplies
+    /// every gradient by `min(1, max_norm / (norm + 1e-6))`. The sum is deterministic (a fixed
+    /// order per length); the CPU path accumulates in f64.
+    fn clip_grad_norm(&self, max_norm: f32, grads: &Self::Tensor, norm_out: &Self::Tensor);
+
     // ---- gather (shaders/gather.wgsl, src/cpu/gather.rs)
     /// `output[i] = dataset[indices[i]]`, items of `item_len` floats (one image each).
     fn gather(

@@ -17,7 +17,11 @@ use fewshot::data::{
 };
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/omniglot");
-const REAL_SMALL: &str = "/work/shared/datasets/omniglot-small";
+/// The real small Omniglot zips, beside the checkout (present here and in CI, not on users' machines).
+const REAL_SMALL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/datasets/omniglot-small"
+);
 
 fn fixture(rel: &str) -> PathBuf {
     Path::new(FIXTURE).join(rel)

@@ -231,3 +231,43 @@ fn streaming_a_dataset_too_large_for_the_device_trains_identically() {
     let _ = std::fs::remove_dir_all(&resident);
     let _ = std::fs::remove_dir_all(&streamed);
 }
+
+#[test]
+fn a_batch_larger_than_the_device_binding_limit_is_refused_with_the_limit_named() {
+    let data = small_synthetic(6);
+    let cfg = config(Method::Protonet, None, 1, 6);
+    // 10-way 1-shot 5-query = 60 images x 32 x 28 x 28 floats in the first activation.
+    let small = Cpu::with_max_tensor_len(60 * 32 * 28 * 28 - 1);
+    let out = out_dir("too-big");
+    let err = train(&small, "cpu", &data, &cfg, 28, &out, None, &QUIET)
+        .err()
+        .expect("refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("largest storage binding") && msg.contains("60 images"),
+        "{msg}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn embedding_is_chunked_to_fit_the_device_binding_limit() {
+    use fewshot::model::{init_params, Conv4, Conv4Config};
+    use fewshot::ops::Backend;
+    let cfg = Conv4Config::new(1, 28, 8);
+    let (params, stats) = init_params(&cfg, 1);
+    let data = small_synthetic(7);
+    let n = 40;
+    let images = &data.test.images[..n * cfg.image_len()];
+    let whole = {
+        let cpu = Cpu::new();
+        let model = Conv4::new(&cpu, cfg.clone(), &params, &stats);
+        fewshot::train::eval::embed_all(&cpu, &model, images, n)
+    };
+    // Room for 3 images' activations per chunk.
+    let small = Cpu::with_max_tensor_len(3 * cfg.largest_activation_per_image());
+    let model = Conv4::new(&small, cfg.clone(), &params, &stats);
+    let chunked = fewshot::train::eval::embed_all(&small, &model, images, n);
+    assert_eq!(small.len(&model.params), params.len());
+    assert!(whole == chunked, "chunked embedding differs");
+}

@@ -5,6 +5,7 @@
 
 pub mod adam;
 pub mod batch_norm;
+pub mod clip;
 pub mod conv2d;
 pub mod distance;
 pub mod fast;
@@ -470,6 +471,11 @@ impl Backend for Cpu {
         let grads = grads.get();
         let mut params = params.get_mut();
         with_two_mut(m, v, |m, v| adam::adam(p, &mut params, &grads, m, v))
+    }
+    fn clip_grad_norm(&self, max_norm: f32, grads: &CpuTensor, norm_out: &CpuTensor) {
+        assert_eq!(norm_out.len, 1, "clip_grad_norm: norm_out holds one float");
+        let norm = clip::clip_grad_norm(max_norm, &mut grads.get_mut());
+        norm_out.get_mut()[0] = norm;
     }
     fn gather(
         &self,

@@ -3,10 +3,12 @@
 
 pub mod adam;
 pub mod batch_norm;
+pub mod clip;
 pub mod context;
 pub mod conv2d;
 pub mod distance;
 pub mod gather;
+pub mod matmul;
 pub mod max_pool;
 pub mod pair_loss;
 pub mod prototypes;
@@ -381,6 +383,9 @@ impl Backend for Gpu {
         v: &GpuTensor,
     ) {
         adam::adam(self, p, params, grads, m, v)
+    }
+    fn clip_grad_norm(&self, max_norm: f32, grads: &GpuTensor, norm_out: &GpuTensor) {
+        clip::clip_grad_norm(self, max_norm, grads, norm_out)
     }
     fn gather(
         &self,

@@ -50,6 +50,10 @@ impl Conv4Config {
         let s = self.size_at(self.blocks);
         self.hidden * s * s
     }
+    /// Floats of the largest per-image activation (the first conv output, or the input).
+    pub fn largest_activation_per_image(&self) -> usize {
+        (self.hidden * self.image_size * self.image_size).max(self.image_len())
+    }
     pub fn image_len(&self) -> usize {
         self.in_channels * self.image_size * self.image_size
     }

@@ -26,8 +26,12 @@ pub fn embed_all<B: Backend>(
     );
     let mut out = Vec::with_capacity(count * dim);
     let mut act: Option<Activations<B>> = None;
-    for start in (0..count).step_by(EVAL_CHUNK) {
-        let n = EVAL_CHUNK.min(count - start);
+    // Chunks small enough that the largest activation fits one storage binding of the device.
+    let chunk = EVAL_CHUNK
+        .min(backend.max_tensor_len() / model.cfg.largest_activation_per_image())
+        .max(1);
+    for start in (0..count).step_by(chunk) {
+        let n = chunk.min(count - start);
         if act.as_ref().is_none_or(|a| a.batch != n) {
             act = Some(model.activations(backend, n, false));
         }

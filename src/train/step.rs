@@ -1,6 +1,10 @@
 //! One training step, written once against [`Backend`]: on the GPU every op below is recorded
 //! into one command submission (gather, forward, loss, backward, Adam) and only the two-float
 //! `stats` tensor is read back, deferred.
+//!
+//! Gradient clipping (`--clip-grad`) is a setting of the step buffers: set `clip_grad` on a
+//! [`ProtoBuffers`] or [`PairBuffers`] and each step clips the global gradient norm on the device
+//! before Adam, leaving the norm before clipping in `grad_norm`.
 
 use crate::model::{Activations, Conv4};
 use crate::ops::{AdamStep, Backend};
@@ -22,6 +26,10 @@ pub struct ProtoBuffers<B: Backend> {
     pub correct: B::Tensor,
     /// `[mean loss, accuracy]` of the last step.
     pub stats: B::Tensor,
+    /// Clip the global gradient norm to this before Adam (`None`: no clipping).
+    pub clip_grad: Option<f32>,
+    /// The gradient norm before clipping of the last step (written only with `clip_grad`).
+    pub grad_norm: B::Tensor,
 }
 
 impl<B: Backend> ProtoBuffers<B> {
@@ -44,6 +52,8 @@ impl<B: Backend> ProtoBuffers<B> {
             grad_distances: backend.zeros(way * query * way),
             correct: backend.zeros(way * query),
             stats: backend.zeros(2),
+            clip_grad: None,
+            grad_norm: backend.zeros(1),
         }
     }
 }
@@ -113,6 +123,21 @@ pub fn protonet_step<B: Backend>(
         backend.gather(model.cfg.image_len(), dataset, &buf.indices, &buf.act.input);
     }
     protonet_loss(backend, model, buf, true);
+    optimise(backend, model, buf.clip_grad, &buf.grad_norm, adam);
+}
+
+/// The end of every training step: optional global gradient-norm clipping (on the device,
+/// no host round trip), then Adam over the flat parameter buffer.
+fn optimise<B: Backend>(
+    backend: &B,
+    model: &Conv4<B>,
+    clip_grad: Option<f32>,
+    grad_norm: &B::Tensor,
+    adam: &AdamStep,
+) {
+    if let Some(max_norm) = clip_grad {
+        backend.clip_grad_norm(max_norm, &model.grads, grad_norm);
+    }
     backend.adam(
         adam,
         &model.params,
@@ -140,6 +165,10 @@ pub struct PairBuffers<B: Backend> {
     pub indices: B::Index,
     pub same: B::Tensor,
     pub stats: B::Tensor,
+    /// As in [`ProtoBuffers`]: clip the global gradient norm to this before Adam.
+    pub clip_grad: Option<f32>,
+    /// The gradient norm before clipping of the last step (written only with `clip_grad`).
+    pub grad_norm: B::Tensor,
 }
 
 impl<B: Backend> PairBuffers<B> {
@@ -150,12 +179,14 @@ impl<B: Backend> PairBuffers<B> {
             indices: backend.index_from(&vec![0; 2 * pairs]),
             same: backend.zeros(pairs),
             stats: backend.zeros(2),
+            clip_grad: None,
+            grad_norm: backend.zeros(1),
         }
     }
 }
 
 /// A full Siamese training step: gather (as in [`protonet_step`]), forward, pair loss,
-/// backward, Adam.
+/// backward, optional gradient clipping (`buf.clip_grad`), Adam.
 pub fn siamese_step<B: Backend>(
     backend: &B,
     model: &Conv4<B>,
@@ -169,13 +200,7 @@ pub fn siamese_step<B: Backend>(
         backend.gather(model.cfg.image_len(), dataset, &buf.indices, &buf.act.input);
     }
     siamese_loss(backend, model, buf, loss, margin);
-    backend.adam(
-        adam,
-        &model.params,
-        &model.grads,
-        &model.adam_m,
-        &model.adam_v,
-    );
+    optimise(backend, model, buf.clip_grad, &buf.grad_norm, adam);
 }
 
 /// Forward, pair loss and backward of a Siamese batch already in `buf.act.input`.

@@ -232,6 +232,18 @@ pub fn train<B: Backend>(
                 (p, s, None, 0, None, None, 0.0)
             }
         };
+    // Refuse a batch whose activations exceed what the device can bind, before allocating.
+    let per_image = arch.largest_activation_per_image();
+    let batch = cfg.images_per_step();
+    if batch.saturating_mul(per_image) > backend.max_tensor_len() {
+        bail!(
+            "a training batch of {batch} images of {0}x{0}x{1} needs {2} MiB for one activation, more than this device's largest storage binding ({3} MiB); use a smaller --way/--shot/--query or --pairs, a smaller --image-size or --hidden",
+            arch.image_size,
+            arch.in_channels,
+            (batch * per_image * 4) >> 20,
+            (backend.max_tensor_len().saturating_mul(4)) >> 20
+        );
+    }
     let model = Conv4::new(backend, arch.clone(), &params, &stats);
     if let Some((m, v)) = &optimizer {
         backend.write(&model.adam_m, m);
