@@ -170,6 +170,10 @@ pub struct TrainArgs {
     /// Halve the learning rate every this many episodes.
     #[arg(long, default_value_t = 2000)]
     pub lr_step: u64,
+    /// Clip the global L2 norm of the gradients to MAX_NORM before each Adam step (computed
+    /// on the device; the norm before clipping is logged as grad_norm in metrics.jsonl).
+    #[arg(long, value_name = "MAX_NORM")]
+    pub clip_grad: Option<f32>,
     /// Filters per conv layer.
     #[arg(long, default_value_t = 64)]
     pub hidden: usize,
@@ -243,7 +247,7 @@ impl TrainArgs {
             eval_query: self.eval_query,
             log_every: self.log_every.max(1),
             checkpoint_every: self.checkpoint_every,
-            clip_grad: None,
+            clip_grad: self.clip_grad,
             dataset: self.data.dataset.clone(),
         }
     }

@@ -112,6 +112,7 @@ pub fn protonet_loss<B: Backend>(
 /// A full ProtoNet training step. With a device-resident `dataset`, the images are gathered on
 /// the device by the indices already written to `buf.indices`; with `None` they must already
 /// be in `buf.act.input` (streamed from the host when the dataset does not fit the device).
+/// After the backward pass: gradient clipping when `buf.clip_grad` is set, then Adam.
 pub fn protonet_step<B: Backend>(
     backend: &B,
     model: &Conv4<B>,

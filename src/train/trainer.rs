@@ -91,6 +91,11 @@ impl TrainConfig {
         if self.lr_step == 0 {
             bail!("--lr-step must be at least 1");
         }
+        if let Some(c) = self.clip_grad {
+            if !(c > 0.0 && c.is_finite()) {
+                bail!("--clip-grad must be a positive number (got {c})");
+            }
+        }
         if self.episodes == 0 && self.time_budget.is_none() {
             bail!("--episodes must be at least 1 (or give --time-budget)");
         }
@@ -125,6 +130,9 @@ struct MetricsLine<'a> {
     lr: Option<f32>,
     val_accuracy: Option<f64>,
     val_ci95: Option<f64>,
+    /// With `--clip-grad`: the gradient norm before clipping of the last step before this line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grad_norm: Option<f64>,
 }
 
 /// The result of a training run.
@@ -283,7 +291,8 @@ pub fn train<B: Backend>(
                     &serde_json::from_value(st.clone()).context("sampler state in checkpoint")?,
                 );
             }
-            let buf = ProtoBuffers::new(backend, &model, cfg.way, cfg.shot, cfg.query);
+            let mut buf = ProtoBuffers::new(backend, &model, cfg.way, cfg.shot, cfg.query);
+            buf.clip_grad = cfg.clip_grad;
             Sampler::Proto(s, buf)
         }
         Method::Siamese => {
@@ -294,7 +303,8 @@ pub fn train<B: Backend>(
                     &serde_json::from_value(st.clone()).context("sampler state in checkpoint")?,
                 );
             }
-            let buf = PairBuffers::new(backend, &model, cfg.pairs);
+            let mut buf = PairBuffers::new(backend, &model, cfg.pairs);
+            buf.clip_grad = cfg.clip_grad;
             Sampler::Pair(s, buf)
         }
     };
@@ -545,6 +555,13 @@ pub fn train<B: Backend>(
                 lr: Some(cfg.lr_at(episode - 1)),
                 val_accuracy: None,
                 val_ci95: None,
+                grad_norm: cfg.clip_grad.map(|_| {
+                    let norm = match &sampler {
+                        Sampler::Proto(_, buf) => &buf.grad_norm,
+                        Sampler::Pair(_, buf) => &buf.grad_norm,
+                    };
+                    backend.read(norm)[0] as f64
+                }),
             };
             if at_val {
                 let v = validate(&model)?;
