@@ -31,9 +31,9 @@ if [ "$(uname -s)" = Linux ] && { ! have_vulkan_driver || ! ldconfig -p 2>/dev/n
 fi
 
 # The same build the tests use (the test profile is optimised), so this costs no extra compile.
-cargo build --profile test --bin fewshot
-backend=$(target/debug/fewshot info --chosen-backend)
-echo "test.sh: the GPU tests will run on: $(target/debug/fewshot info --chosen)"
+fewshot() { cargo run --quiet --profile test --bin fewshot -- "$@"; }
+backend=$(fewshot info --chosen-backend)
+echo "test.sh: the GPU tests will run on: $(fewshot info --chosen)"
 case "$backend" in
     Vulkan|Metal|Dx12) ;;
     *)
