@@ -330,23 +330,51 @@ fn eval_lake_runs_reports_accuracy_trials_and_per_run_for_dir_and_zip() {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lake");
     let mut reports = Vec::new();
     for form in [fixtures.join("dir"), fixtures.join("all_runs.zip")] {
-        let o = fewshot(&["eval", "--checkpoint", ck.to_str().unwrap(), "--lake-runs", form.to_str().unwrap(), "--device", "cpu", "--json"]);
-        assert!(o.status.success(), "eval --lake-runs {} failed:\n{}", form.display(), stderr(&o));
+        let o = fewshot(&[
+            "eval",
+            "--checkpoint",
+            ck.to_str().unwrap(),
+            "--lake-runs",
+            form.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--json",
+        ]);
+        assert!(
+            o.status.success(),
+            "eval --lake-runs {} failed:\n{}",
+            form.display(),
+            stderr(&o)
+        );
         let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
         assert_eq!(r["trials"], 8, "the fixture has 2 runs of 4 trials");
         let per_run = r["per_run"].as_array().unwrap();
         assert_eq!(per_run.len(), 2);
         let correct: u64 = per_run.iter().map(|p| p["correct"].as_u64().unwrap()).sum();
         let acc = r["accuracy"].as_f64().unwrap();
-        assert!((acc - correct as f64 / 8.0).abs() < 1e-12, "accuracy is the fraction over all trials");
+        assert!(
+            (acc - correct as f64 / 8.0).abs() < 1e-12,
+            "accuracy is the fraction over all trials"
+        );
         reports.push(r);
     }
-    assert_eq!(reports[0]["per_run"], reports[1]["per_run"], "zip and folder forms score the same");
+    assert_eq!(
+        reports[0]["per_run"], reports[1]["per_run"],
+        "zip and folder forms score the same"
+    );
     // A malformed class_labels.txt: the error names the file and the line.
     let bad = temp_dir("lake-bad");
     let run01 = bad.join("run01");
     std::fs::create_dir_all(run01.join("training")).unwrap();
     std::fs::write(run01.join("class_labels.txt"), "run01/test/item01.png\n").unwrap();
-    let o = fewshot(&["eval", "--checkpoint", ck.to_str().unwrap(), "--lake-runs", bad.to_str().unwrap(), "--device", "cpu"]);
+    let o = fewshot(&[
+        "eval",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--lake-runs",
+        bad.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
     assert_clean_error(&o, &["class_labels.txt:1"]);
 }

@@ -351,6 +351,15 @@ pub fn train<B: Backend>(
                 with_opt: bool|
      -> Result<()> {
         let (params, stats) = model.download(backend);
+        // ReLU and max pooling swallow NaN, so weights can overflow or turn NaN while the loss
+        // stays finite (batch norm collapses the embeddings): never overwrite a good
+        // checkpoint with weights that `Checkpoint::load` refuses.
+        if params.iter().chain(&stats).any(|v| !v.is_finite()) {
+            bail!(
+                "the weights became NaN or infinite by episode {episode}: training stopped without saving (the last good checkpoint is {}); try a lower --lr",
+                out.join("last.safetensors").display()
+            );
+        }
         let optimizer =
             with_opt.then(|| (backend.read(&model.adam_m), backend.read(&model.adam_v)));
         let ck = Checkpoint {
