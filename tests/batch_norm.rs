@@ -640,3 +640,31 @@ fn batch_norm_train_statistics_by_hand() {
         assert!(close(*got, want), "{y:?}");
     }
 }
+
+#[test]
+fn relu_backward_matches_finite_differences() {
+    let mut r = rng(77);
+    // Values kept at least 0.05 away from the kink at zero, where ReLU is not differentiable.
+    let x: Vec<f64> = random_f64(&mut r, 97)
+        .into_iter()
+        .map(|v| {
+            if v.abs() < 0.05 {
+                v.signum() * 0.05 + v
+            } else {
+                v
+            }
+        })
+        .collect();
+    let w = random_f64(&mut r, x.len());
+    let forward = |x: &[f64]| {
+        let mut y = vec![0.0; x.len()];
+        cpu::relu_forward(x, &mut y);
+        dot(&w, &y)
+    };
+    let mut y = vec![0.0; x.len()];
+    cpu::relu_forward(&x, &mut y);
+    let mut analytic = vec![0.0; x.len()];
+    cpu::relu_backward(&y, &w, &mut analytic);
+    let numeric = finite_differences(&x, 1e-6, forward);
+    assert_grad_close("relu backward", &analytic, &numeric, 1e-6);
+}

@@ -146,7 +146,7 @@ fn sigkill_at_random_moments_leaves_a_loadable_checkpoint_and_resume_works() {
     let root = temp_dir("sigkill");
     let out = root.join("run");
     let last = out.join("last.safetensors");
-    let mut rng = ChaCha8Rng::seed_from_u64(0x5eed_0f_c1a5);
+    let mut rng = ChaCha8Rng::seed_from_u64(0x005e_ed0f_c1a5);
     let mut killed: Vec<u32> = Vec::new();
     let mut episode = 0u64;
     let mut temps_seen = 0usize;
@@ -339,8 +339,7 @@ fn nan_in_the_data_stops_training_naming_the_episode() {
         quiet: true,
     };
     let err = train(&Cpu::new(), "cpu", &dataset, &cfg, 28, &out, None, &quiet)
-        .err()
-        .expect("training on a NaN image must fail");
+        .expect_err("training on a NaN image must fail");
     let msg = format!("{err:#}");
     eprintln!("poisoned class {class}, first sampled at episode {episode}: {msg}");
     assert!(

@@ -9,6 +9,7 @@ pub mod clip;
 pub mod conv2d;
 pub mod distance;
 pub mod fast;
+pub mod fast_norm;
 pub mod gather;
 pub mod max_pool;
 pub mod pair_loss;
@@ -168,8 +169,13 @@ impl Backend for Cpu {
         t.get_mut().fill(value);
     }
     fn copy(&self, src: &CpuTensor, dst: &CpuTensor) {
-        let data = src.get().to_vec();
-        dst.get_mut().copy_from_slice(&data);
+        assert_eq!(src.len, dst.len, "copy: length mismatch");
+        if Rc::ptr_eq(&src.data, &dst.data) {
+            let mut data = src.data.borrow_mut();
+            fast_norm::copy_within(&mut data, src.offset, dst.offset, src.len);
+        } else {
+            fast_norm::copy(&src.get(), &mut dst.get_mut());
+        }
     }
     fn flush(&self) {}
     fn read(&self, t: &CpuTensor) -> Vec<f32> {
@@ -242,7 +248,7 @@ impl Backend for Cpu {
         let mut output = output.get_mut();
         with_two_mut(saved_mean, saved_inv_std, |mean, inv_std| {
             with_two_mut(running_mean, running_var, |rm, rv| {
-                batch_norm::batch_norm_train(
+                fast_norm::batch_norm_train(
                     s,
                     p,
                     &input,
@@ -268,7 +274,7 @@ impl Backend for Cpu {
         running_var: &CpuTensor,
         output: &CpuTensor,
     ) {
-        batch_norm::batch_norm_eval(
+        fast_norm::batch_norm_eval(
             s,
             p,
             &input.get(),
@@ -297,7 +303,7 @@ impl Backend for Cpu {
         let (gamma, mean, inv_std) = (gamma.get(), saved_mean.get(), saved_inv_std.get());
         let mut grad_input = grad_input.get_mut();
         with_two_mut(grad_gamma, grad_beta, |gg, gb| {
-            batch_norm::batch_norm_backward(
+            fast_norm::batch_norm_backward(
                 s,
                 p,
                 &input,
@@ -313,13 +319,13 @@ impl Backend for Cpu {
         })
     }
     fn relu_forward(&self, input: &CpuTensor, output: &CpuTensor) {
-        batch_norm::relu_forward(&input.get(), &mut output.get_mut())
+        fast_norm::relu_forward(&input.get(), &mut output.get_mut())
     }
     fn relu_backward(&self, output: &CpuTensor, grad_output: &CpuTensor, grad_input: &CpuTensor) {
-        batch_norm::relu_backward(&output.get(), &grad_output.get(), &mut grad_input.get_mut())
+        fast_norm::relu_backward(&output.get(), &grad_output.get(), &mut grad_input.get_mut())
     }
     fn max_pool_forward(&self, s: &PoolShape, input: &CpuTensor, output: &CpuTensor) {
-        max_pool::max_pool_forward(s, &input.get(), &mut output.get_mut())
+        fast_norm::max_pool_forward(s, &input.get(), &mut output.get_mut())
     }
     fn max_pool_backward(
         &self,
@@ -328,7 +334,7 @@ impl Backend for Cpu {
         grad_output: &CpuTensor,
         grad_input: &CpuTensor,
     ) {
-        max_pool::max_pool_backward(
+        fast_norm::max_pool_backward(
             s,
             &input.get(),
             &grad_output.get(),

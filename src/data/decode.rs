@@ -39,7 +39,9 @@ pub(crate) fn read_limited(
     if declared > MAX_FILE_BYTES {
         return Err(too_big(declared));
     }
-    let mut bytes = Vec::with_capacity(declared as usize);
+    // The declared size is only a hint (a zip entry can claim anything up to the limit):
+    // reserve at most 1 MiB up front and let the buffer grow with what is actually read.
+    let mut bytes = Vec::with_capacity(declared.min(1 << 20) as usize);
     reader
         .take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut bytes)

@@ -160,6 +160,15 @@ impl Checkpoint {
                 meta.format
             )));
         }
+        // The metadata is untrusted: bound the architecture by what the file can hold before
+        // validating it or computing its layout (huge widths or block counts would overflow).
+        if !arch_fits(&meta.arch, bytes.len()) {
+            return Err(invalid(format!(
+                "bad architecture in metadata: {:?} needs more weights than this {}-byte file holds",
+                meta.arch,
+                bytes.len()
+            )));
+        }
         meta.arch
             .validate()
             .map_err(|e| invalid(format!("bad architecture in metadata: {e}")))?;
@@ -206,6 +215,13 @@ impl Checkpoint {
         if params.iter().chain(&stats).any(|v| !v.is_finite()) {
             return Err(invalid("contains NaN or infinite weights".into()));
         }
+        if let Some((m, v)) = &optimizer {
+            if m.iter().any(|x| !x.is_finite()) || v.iter().any(|x| !(x.is_finite() && *x >= 0.0)) {
+                return Err(invalid(
+                    "the optimizer state contains NaN, infinite or negative values".into(),
+                ));
+            }
+        }
         Ok(Checkpoint {
             meta,
             params,
@@ -213,6 +229,32 @@ impl Checkpoint {
             optimizer,
         })
     }
+}
+
+/// Whether every weight and statistic of `arch` fits in a file of `file_len` bytes (4 bytes
+/// each), computed without overflow; false for a block count no image size allows.
+fn arch_fits(arch: &Conv4Config, file_len: usize) -> bool {
+    if arch.blocks >= usize::BITS as usize {
+        return false;
+    }
+    let count = || -> Option<usize> {
+        let (c, h, b) = (arch.in_channels, arch.hidden, arch.blocks);
+        let per_block = |inputs: usize| {
+            h.checked_mul(inputs)?
+                .checked_mul(9)?
+                .checked_add(h.checked_mul(5)?)
+        };
+        let mut n = if b == 0 { 0 } else { per_block(c)? };
+        n = n.checked_add(per_block(h)?.checked_mul(b.saturating_sub(1))?)?;
+        if arch.koch_head {
+            let s = arch.image_size >> b;
+            n = n
+                .checked_add(h.checked_mul(s)?.checked_mul(s)?)?
+                .checked_add(1)?;
+        }
+        Some(n)
+    };
+    count().is_some_and(|n| n <= file_len / 4)
 }
 
 /// Write `bytes` to `path` atomically (temporary file in the same directory, fsync, rename,

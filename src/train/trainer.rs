@@ -211,6 +211,16 @@ pub fn train<B: Backend>(
     cfg.validate()?;
     std::fs::create_dir_all(out)
         .with_context(|| format!("creating output directory {}", out.display()))?;
+    // Temporary files of checkpoint writes that a kill interrupted (the checkpoints themselves
+    // are intact: writes are atomic).
+    if let Ok(entries) = std::fs::read_dir(out) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.contains(".safetensors.tmp-") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     let mut arch = Conv4Config::new(dataset.spec.channels, image_size, cfg.hidden);
     arch.koch_head = cfg.loss == Some(PairLoss::Koch);
     arch.validate().map_err(anyhow::Error::msg)?;

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The one prepared check for a machine with a real GPU (run after scripts/device-prepare.sh, with
+# `.device` and `.gl` carried): correctness of every GPU kernel on the real adapter, then
+# `fewshot bench --device gpu`, then the PyTorch reference on CUDA on the same GPU. Everything it
+# prints also lands in $OUT (default ./device-out). Each stage has its own time limit so one slow
+# stage cannot eat the whole lease.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-device-out}; mkdir -p "$OUT"
+exec > >(tee "$OUT/log.txt") 2>&1
+if ls .gl/*.deb >/dev/null 2>&1 && ! ldconfig -p | grep -q libvulkan.so.1; then
+  for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+fi
+icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+[ -f "$icd" ] && export VK_DRIVER_FILES=$icd
+bin=/tmp/fewshot-device; rm -rf "$bin"; mkdir -p "$bin"
+tar -C "$bin" -xJf .device/bundle.tar.xz
+F=$bin/bin/fewshot
+echo "== adapters"; timeout 60 "$F" info --json | tee "$OUT/info.json"
+echo "== GPU tests (fail = a kernel disagrees with the CPU reference on this adapter)"
+status=0
+for t in "$bin"/bin/test-*; do
+  echo "-- $(basename "$t")"
+  timeout 120 "$t" --test-threads 2 2>&1 | grep -E "test result|FAILED|panicked|error" || status=1
+done
+echo "== fewshot bench on the GPU"
+timeout 240 "$F" bench --device gpu --json > "$OUT/bench-gpu.json"; echo "bench exit $?"
+timeout 120 "$F" bench --device gpu --only kernels 2>&1 | tail -40
+echo "== PyTorch reference on CUDA"
+if [ -f .device/fewshot_torch.py ] && python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
+  timeout 200 python3 .device/fewshot_torch.py --mode speed --suite --device cuda --out "$OUT/torch-cuda.json" | tail -20
+else
+  echo "skipped: no CUDA PyTorch here"
+fi
+exit $status
