@@ -14,6 +14,8 @@
 //   convolution in gather form). As a GEMM: M = N*DH*DW destination pixels, N' = destination
 //   channels, K' = source channels * K * K taps; A[m, k] = the (implicit im2col) source value,
 //   B[k, d] = the weight.
+//   conv2d_direct computes the same with one thread per destination element; the launcher
+//   picks it for fewer than 8 destination channels (a 64-column tile would be mostly idle).
 // conv2d_weight_partial (weight and bias gradients, split-K):
 //   gw[o, j] = sum_p gout[n, o, q] * in[n, c, oy + kh - PAD, ox + kw - PAD],  j = (c, kh, kw),
 //   p = (n, q = (oy, ox)); gb[o] = sum_p gout[n, o, q]. As a GEMM: M = O, N' = C K K,
@@ -30,14 +32,15 @@
 // neighbouring output elements). K' is walked in slices of 16: the threads cooperatively gather
 // the 16 x 64 slices of A and B into workgroup memory (4 values each, zero outside the matrix
 // and in the padding), barrier, 16 rank-1 updates from workgroup memory, barrier. Workgroup
-// memory: 2 x 16 x 66 floats = 8.4 KiB (rows padded to 66 so the transposing stores are free of
-// bank conflicts). Every bound (M, N', K' of any size) is checked; the barriers sit in
-// uniform control flow (loop bounds and early returns depend only on uniforms and workgroup ids).
+// memory: at most 2 x 16 x 66 floats = 8.25 KiB, well inside WebGPU's 16 KiB (slices stored
+// transposed use rows padded to 66, so those stores are free of bank conflicts). Every bound
+// (M, N', K' of any size) is checked; the barriers sit in uniform control flow (loop bounds and
+// early returns depend only on uniforms and workgroup ids).
 //
 // Dispatch: the GEMM kernels take one workgroup per tile (per tile and split), linear id
 // wid.x + wid.y * nwg.x (spilling into y past the adapter's per-dimension limit), returning
-// early past the end; conv2d_sum_splits is 1-D, 256 threads per workgroup, index
-// gid.x + gid.y * nwg.x * 256.
+// early past the end; conv2d_direct and conv2d_sum_splits are 1-D, 256 threads per
+// workgroup, index gid.x + gid.y * nwg.x * 256.
 //
 // Expected effect on real GPUs (vs the previous one-thread-per-output / one-workgroup-per-
 // weight kernels): each value brought into workgroup memory is used 64 times (vs once from
@@ -46,7 +49,10 @@
 // 36864 workgroups each re-reading the whole batch with a strided index and a 256-wide tree.
 // Typical for this structure: 30-60 % of fp32 peak for the forward and input gradient at the
 // Conv-4 shapes (64 channels: K' = 576), i.e. roughly 5-20x the direct kernels, and 10-50x on
-// the weight gradient, whose old form was bound by redundant global reads.
+// the weight gradient, whose old form was bound by redundant global reads. (Not measured on a
+// real GPU; on lavapipe, the 64-channel layers at batch 60 went from 0.06-0.3 to 0.8-1.8 GFLOP/s.)
+// Known waste: the single-channel first layer's weight gradient (N' = 9) fills 9 of 64 tile
+// columns; it is bound by reading grad_output anyway.
 
 const TILE: u32 = 64u; // BM = BN
 const SLICE: u32 = 16u; // BK
@@ -198,6 +204,53 @@ fn gemm_store(m: u32, n: u32, rows: u32, cols: u32, dst_hw: u32, v: vec4<f32>) {
             g_dst[base + d * dst_hw] = v[j] + b;
         }
     }
+}
+
+// ---------------------------------------------------------------- conv2d_direct
+
+// The same convolution (same parameters and bindings as conv2d_gemm), one thread per
+// destination element, for few destination channels (below 8: the input gradient of the
+// single-channel first layer), where a 64-column tile would be mostly idle. Taps are visited
+// in the same (s, kh, kw) order.
+@compute @workgroup_size(256)
+fn conv2d_direct(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 256u;
+    let dst_hw = gp.dst_h * gp.dst_w;
+    if (i >= gp.batch * gp.dst_ch * dst_hw) {
+        return;
+    }
+    // i = ((n * dst_ch + d) * DH + y) * DW + x
+    let p = i % dst_hw;
+    let nd = i / dst_hw;
+    let d = nd % gp.dst_ch;
+    let n = nd / gp.dst_ch;
+    let off = select(-i32(gp.pad), i32(gp.pad), gp.flip == 1u);
+    let sgn = select(1, -1, gp.flip == 1u);
+    let y0 = i32(p / gp.dst_w) + off;
+    let x0 = i32(p % gp.dst_w) + off;
+    let k = gp.kernel;
+    let src_hw = gp.src_h * gp.src_w;
+    var acc = 0.0;
+    for (var s = 0u; s < gp.src_ch; s++) {
+        let src_base = gp.src_off + (n * gp.src_ch + s) * src_hw;
+        let w_base = gp.weight_off + d * gp.w_dst_stride + s * gp.w_src_stride;
+        for (var kh = 0u; kh < k; kh++) {
+            let sy = y0 + sgn * i32(kh);
+            if (sy < 0 || sy >= i32(gp.src_h)) {
+                continue;
+            }
+            for (var kw = 0u; kw < k; kw++) {
+                let sx = x0 + sgn * i32(kw);
+                if (sx >= 0 && sx < i32(gp.src_w)) {
+                    acc += g_src[src_base + u32(sy) * gp.src_w + u32(sx)] * g_weight[w_base + kh * k + kw];
+                }
+            }
+        }
+    }
+    if (gp.has_bias == 1u) {
+        acc += g_bias[gp.bias_off + d];
+    }
+    g_dst[gp.dst_off + i] = acc;
 }
 
 // ---------------------------------------------------------------- conv2d_weight_partial

@@ -378,3 +378,101 @@ fn eval_lake_runs_reports_accuracy_trials_and_per_run_for_dir_and_zip() {
     ]);
     assert_clean_error(&o, &["class_labels.txt:1"]);
 }
+
+#[test]
+fn no_adapter_auto_falls_back_to_the_cpu_and_gpu_says_how_to_get_one() {
+    // On Linux no adapter exists for the Metal backend: this is "a machine without any adapter".
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let out = temp_dir("noadapter");
+    let run = |device: &str| {
+        Command::new(env!("CARGO_BIN_EXE_fewshot"))
+            .args([
+                "train",
+                "--device",
+                device,
+                "--episodes",
+                "1",
+                "--hidden",
+                "4",
+                "--way",
+                "5",
+                "--val-every",
+                "0",
+                "--eval-episodes",
+                "2",
+            ])
+            .args(["--out", out.to_str().unwrap()])
+            .env("WGPU_BACKEND", "metal")
+            .output()
+            .unwrap()
+    };
+    let auto = run("auto");
+    assert!(
+        auto.status.success(),
+        "auto without adapter failed:\n{}",
+        stderr(&auto)
+    );
+    let err = stderr(&auto);
+    assert!(
+        err.contains("training on the CPU") && err.contains("device: cpu"),
+        "no fallback notice:\n{err}"
+    );
+    let gpu = run("gpu");
+    assert_clean_error(&gpu, &["mesa-vulkan-drivers", "--device cpu"]);
+}
+
+#[test]
+fn checkpoints_for_another_architecture_or_input_are_refused_naming_both() {
+    let run = trained_run();
+    // Resuming with another width: both architectures are named.
+    let copy = temp_dir("arch");
+    std::fs::copy(run.join("last.safetensors"), copy.join("last.safetensors")).unwrap();
+    let o = fewshot(&[
+        "train",
+        "--device",
+        "cpu",
+        "--hidden",
+        "16",
+        "--way",
+        "5",
+        "--episodes",
+        "5",
+        "--resume",
+        copy.to_str().unwrap(),
+        "--out",
+        copy.to_str().unwrap(),
+    ]);
+    assert_clean_error(&o, &["hidden: 8", "hidden: 16"]);
+    // Evaluating a 1-channel model on RGB images: both channel counts are named.
+    let folder = copy.join("rgb");
+    for c in 0..6 {
+        let cd = folder.join(format!("c{c}"));
+        std::fs::create_dir_all(&cd).unwrap();
+        for k in 0..4 {
+            let img = image::RgbImage::from_fn(28, 28, |x, y| {
+                image::Rgb([(x * 9) as u8, (y * 9) as u8, (c * 40 + k) as u8])
+            });
+            img.save(cd.join(format!("{k}.png"))).unwrap();
+        }
+    }
+    let ck = run.join("best.safetensors");
+    let ds = format!("folder:{}", folder.display());
+    let o = fewshot(&[
+        "eval",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--dataset",
+        &ds,
+        "--device",
+        "cpu",
+        "--way",
+        "2",
+        "--shot",
+        "1",
+        "--episodes",
+        "2",
+    ]);
+    assert_clean_error(&o, &["1-channel", "3 channels"]);
+}

@@ -1,35 +1,51 @@
-//! Launchers for `shaders/conv2d.wgsl`: convolution forward, input gradient (transposed
-//! convolution, gather form), weight and bias gradients (workgroup tree reductions).
+//! Launchers for `shaders/conv2d.wgsl`: the convolution and its input gradient as one
+//! implicit-GEMM kernel (64 x 64 tiles, 16-deep slices, 4 x 4 register blocks), the weight and
+//! bias gradients as a split-K implicit GEMM into a cached scratch buffer followed by a
+//! fixed-order sum of the splits.
+use std::sync::{Arc, Mutex};
+
 use super::{Gpu, GpuTensor, Kernel};
 use crate::ops::ConvShape;
 
 const SOURCE: &str = include_str!("../../shaders/conv2d.wgsl");
-const FORWARD: Kernel = Kernel {
+const GEMM: Kernel = Kernel {
     file: "conv2d.wgsl",
     source: SOURCE,
-    entry: "conv2d_forward",
+    entry: "conv2d_gemm",
 };
-const BACKWARD_INPUT: Kernel = Kernel {
+const DIRECT: Kernel = Kernel {
     file: "conv2d.wgsl",
     source: SOURCE,
-    entry: "conv2d_backward_input",
+    entry: "conv2d_direct",
 };
-const BACKWARD_WEIGHT: Kernel = Kernel {
+const WEIGHT_PARTIAL: Kernel = Kernel {
     file: "conv2d.wgsl",
     source: SOURCE,
-    entry: "conv2d_backward_weight",
+    entry: "conv2d_weight_partial",
 };
-const BACKWARD_BIAS: Kernel = Kernel {
+const SUM_SPLITS: Kernel = Kernel {
     file: "conv2d.wgsl",
     source: SOURCE,
-    entry: "conv2d_backward_bias",
+    entry: "conv2d_sum_splits",
 };
 
-/// Threads per workgroup of every conv2d kernel (the shader's `@workgroup_size`).
+/// Rows and columns of one GEMM tile (the shader's `TILE`).
+const TILE: usize = 64;
+/// Depth of one K' slice (the shader's `SLICE`).
+const SLICE: usize = 16;
+/// Fewer destination channels than this take `conv2d_direct` instead of the tiled GEMM.
+const DIRECT_BELOW: usize = 8;
+/// Threads per workgroup of `conv2d_direct` and `conv2d_sum_splits`.
 const WORKGROUP: u32 = 256;
+/// The weight gradient aims at about this many workgroups (tiles x splits): a few per
+/// compute unit on any current GPU (a 4090 has 128 SMs, an M2 Max 38 cores).
+const TARGET_WORKGROUPS: usize = 512;
+/// Each split walks at least this many slices, so the partial sums stay worth their traffic.
+const MIN_SLICES_PER_SPLIT: usize = 8;
+/// Upper bound of the split-K scratch buffer, in floats (64 MiB).
+const MAX_SCRATCH: usize = 16 << 20;
 
-/// The shape words every kernel's Params struct starts with (except the bias kernel's).
-fn shape_words(s: &ConvShape) -> [u32; 9] {
+fn check_shape(s: &ConvShape) {
     assert!(s.kernel >= 1, "conv2d: kernel size must be at least 1");
     assert!(
         s.height + 2 * s.padding >= s.kernel && s.width + 2 * s.padding >= s.kernel,
@@ -38,17 +54,46 @@ fn shape_words(s: &ConvShape) -> [u32; 9] {
         s.height,
         s.width
     );
-    [
+}
+
+/// The kernel for a convolution with `dst.0` destination channels (tiled GEMM, or direct for
+/// few channels), its parameter words up to (excluding) the four offsets, and its workgroups.
+#[allow(clippy::too_many_arguments)]
+fn gemm_words(
+    gpu: &Gpu,
+    s: &ConvShape,
+    src: (usize, usize, usize),
+    dst: (usize, usize, usize),
+    flip: bool,
+    w_strides: (usize, usize),
+    has_bias: bool,
+) -> (Kernel, Vec<u32>, [u32; 3]) {
+    check_shape(s);
+    let rows = s.batch * dst.1 * dst.2;
+    let n_tiles = dst.0.div_ceil(TILE);
+    let tiles = rows.div_ceil(TILE) * n_tiles;
+    let words = vec![
         s.batch as u32,
-        s.in_channels as u32,
-        s.out_channels as u32,
-        s.height as u32,
-        s.width as u32,
+        src.0 as u32,
+        src.1 as u32,
+        src.2 as u32,
+        dst.0 as u32,
+        dst.1 as u32,
+        dst.2 as u32,
         s.kernel as u32,
         s.padding as u32,
-        s.out_height() as u32,
-        s.out_width() as u32,
-    ]
+        flip as u32,
+        w_strides.0 as u32,
+        w_strides.1 as u32,
+        has_bias as u32,
+        n_tiles as u32,
+        tiles as u32,
+    ];
+    if dst.0 < DIRECT_BELOW {
+        (DIRECT, words, gpu.groups_1d(rows * dst.0, WORKGROUP))
+    } else {
+        (GEMM, words, gpu.groups_1d(tiles, 1))
+    }
 }
 
 pub fn conv2d_forward(
@@ -63,13 +108,22 @@ pub fn conv2d_forward(
     assert_eq!(weight.len, s.weight_len(), "conv2d_forward: weight length");
     assert_eq!(bias.len, s.out_channels, "conv2d_forward: bias length");
     assert_eq!(output.len, s.output_len(), "conv2d_forward: output length");
-    let mut params = shape_words(s).to_vec();
+    let kk = s.kernel * s.kernel;
+    let (kernel, mut params, groups) = gemm_words(
+        gpu,
+        s,
+        (s.in_channels, s.height, s.width),
+        (s.out_channels, s.out_height(), s.out_width()),
+        false,
+        (s.in_channels * kk, kk),
+        true,
+    );
     params.extend([input.off(), weight.off(), bias.off(), output.off()]);
     gpu.dispatch(
-        &FORWARD,
+        &kernel,
         &[&input.buffer, &weight.buffer, &bias.buffer, &output.buffer],
         &params,
-        gpu.groups_1d(s.output_len(), WORKGROUP),
+        groups,
     );
 }
 
@@ -95,19 +149,55 @@ pub fn conv2d_backward_input(
         s.input_len(),
         "conv2d_backward_input: grad_input length"
     );
-    let mut params = shape_words(s).to_vec();
-    params.extend([grad_output.off(), weight.off(), grad_input.off()]);
+    let kk = s.kernel * s.kernel;
+    let (kernel, mut params, groups) = gemm_words(
+        gpu,
+        s,
+        (s.out_channels, s.out_height(), s.out_width()),
+        (s.in_channels, s.height, s.width),
+        true,
+        (kk, s.in_channels * kk),
+        false,
+    );
+    // No bias: the bias binding gets the weight buffer, which the kernel then never reads.
+    params.extend([grad_output.off(), weight.off(), 0, grad_input.off()]);
     gpu.dispatch(
-        &BACKWARD_INPUT,
-        &[&grad_output.buffer, &weight.buffer, &grad_input.buffer],
+        &kernel,
+        &[
+            &grad_output.buffer,
+            &weight.buffer,
+            &weight.buffer,
+            &grad_input.buffer,
+        ],
         &params,
-        gpu.groups_1d(s.input_len(), WORKGROUP),
+        groups,
     );
 }
 
-/// Two dispatches: the weight gradient (one workgroup per weight element) and the bias
-/// gradient (one workgroup per output channel). They are separate launches so that the two
-/// outputs may be disjoint views of one flat gradient buffer without binding it twice.
+/// How the weight gradient's K' = batch * out_h * out_w positions are split: `(splits, chunk)`
+/// with `chunk` a multiple of [`SLICE`] and no empty split. Depends on the shape only, so the
+/// summation order (hence the result) is the same on every call.
+fn split_plan(rows: usize, cols: usize, depth: usize, max_scratch: usize) -> (usize, usize) {
+    let tiles = (rows.div_ceil(TILE) * cols.div_ceil(TILE)).max(1);
+    let slices = depth.div_ceil(SLICE).max(1);
+    let by_work = (slices / MIN_SLICES_PER_SPLIT).max(1);
+    let by_memory = (max_scratch / (rows * cols + rows).max(1)).max(1);
+    let splits = TARGET_WORKGROUPS
+        .div_ceil(tiles)
+        .clamp(1, by_work.min(by_memory));
+    let chunk_slices = slices.div_ceil(splits);
+    (slices.div_ceil(chunk_slices), chunk_slices * SLICE)
+}
+
+/// One growing split-K scratch buffer per device, reused by every call (the recorded dispatches
+/// hold their own references, so replacing it by a larger one is safe).
+static SCRATCH: Mutex<Vec<(wgpu::Device, Arc<wgpu::Buffer>)>> = Mutex::new(Vec::new());
+/// Devices remembered at most (a dropped context's entry is evicted after this many others).
+const SCRATCH_DEVICES: usize = 4;
+
+/// Three dispatches: the split-K partial sums of both gradients into the scratch buffer, then
+/// the sums of the splits into the weight gradient and into the bias gradient (separate
+/// launches, so that the two outputs may be disjoint views of one flat gradient buffer).
 pub fn conv2d_backward_weight(
     gpu: &Gpu,
     s: &ConvShape,
@@ -135,26 +225,101 @@ pub fn conv2d_backward_weight(
         grad_bias.len, s.out_channels,
         "conv2d_backward_weight: grad_bias length"
     );
-    let mut params = shape_words(s).to_vec();
-    params.extend([input.off(), grad_output.off(), grad_weight.off()]);
-    // groups_1d with a "workgroup" of 1 gives one workgroup per element, spilled into y.
+    check_shape(s);
+    let rows = s.out_channels;
+    let cols = s.in_channels * s.kernel * s.kernel;
+    let depth = s.batch * s.out_height() * s.out_width();
+    let binding_floats = (gpu.limits.max_storage_buffer_binding_size / 4) as usize;
+    let (splits, chunk) = split_plan(rows, cols, depth, MAX_SCRATCH.min(binding_floats));
+    let n_tiles = cols.div_ceil(TILE);
+    let tiles = rows.div_ceil(TILE) * n_tiles;
+    let needed = splits * (rows * cols + rows);
+
+    // The scratch buffer stays locked while all three launches are recorded: a concurrent call
+    // on the same device (tests share one context) records its launches wholly before or after
+    // ours, and recorded work runs in order.
+    let mut cache = SCRATCH.lock().unwrap_or_else(|p| p.into_inner());
+    let at = match cache.iter().position(|(d, _)| *d == gpu.device) {
+        Some(at) => at,
+        None => {
+            if cache.len() >= SCRATCH_DEVICES {
+                cache.remove(0);
+            }
+            cache.push((gpu.device.clone(), gpu.buffer(needed)));
+            cache.len() - 1
+        }
+    };
+    if (cache[at].1.size() as usize) < needed * 4 {
+        cache[at].1 = gpu.buffer(needed);
+    }
+    let scratch = cache[at].1.clone();
+
+    let mut params = vec![
+        s.batch as u32,
+        s.in_channels as u32,
+        s.out_channels as u32,
+        s.height as u32,
+        s.width as u32,
+        s.kernel as u32,
+        s.padding as u32,
+        s.out_height() as u32,
+        s.out_width() as u32,
+        n_tiles as u32,
+        tiles as u32,
+        chunk as u32,
+        splits as u32,
+    ];
+    params.extend([input.off(), grad_output.off(), 0]);
     gpu.dispatch(
-        &BACKWARD_WEIGHT,
-        &[&input.buffer, &grad_output.buffer, &grad_weight.buffer],
+        &WEIGHT_PARTIAL,
+        &[&input.buffer, &grad_output.buffer, &scratch],
         &params,
-        gpu.groups_1d(s.weight_len(), 1),
+        gpu.groups_1d(tiles * splits, 1),
     );
-    let out_hw = s.out_height() * s.out_width();
+    let weights = rows * cols;
     gpu.dispatch(
-        &BACKWARD_BIAS,
-        &[&grad_output.buffer, &grad_bias.buffer],
+        &SUM_SPLITS,
+        &[&scratch, &grad_weight.buffer],
+        &[weights as u32, splits as u32, 0, grad_weight.off()],
+        gpu.groups_1d(weights, WORKGROUP),
+    );
+    gpu.dispatch(
+        &SUM_SPLITS,
+        &[&scratch, &grad_bias.buffer],
         &[
-            s.batch as u32,
-            s.out_channels as u32,
-            out_hw as u32,
-            grad_output.off(),
+            rows as u32,
+            splits as u32,
+            (splits * weights) as u32,
             grad_bias.off(),
         ],
-        gpu.groups_1d(s.out_channels, 1),
+        gpu.groups_1d(rows, WORKGROUP),
     );
+    drop(cache);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_plan_covers_depth_without_empty_splits() {
+        for &(rows, cols, depth) in &[
+            (64, 576, 600 * 28 * 28),
+            (64, 9, 600 * 28 * 28),
+            (64, 576, 45),
+            (4, 27, 42),
+            (270, 260, 1),
+            (64, 576, 0),
+            (7, 45, 3 * 63),
+        ] {
+            let (splits, chunk) = split_plan(rows, cols, depth, MAX_SCRATCH);
+            assert!(splits >= 1 && chunk % SLICE == 0 && chunk > 0);
+            assert!(splits * chunk >= depth, "{rows} {cols} {depth}");
+            assert!(
+                depth == 0 || (splits - 1) * chunk < depth,
+                "empty split: {rows} {cols} {depth}"
+            );
+            assert!(splits * (rows * cols + rows) <= MAX_SCRATCH.max(rows * cols + rows));
+        }
+    }
 }
