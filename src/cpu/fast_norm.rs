@@ -5,23 +5,30 @@
 //! These ops are memory-bound, so the aim is few passes over the data, all of them parallel:
 //! - batch-norm statistics: data are `[batch, channels, spatial]`, so channel `c` is `batch`
 //!   strided runs of `spatial` contiguous floats. One rayon task per channel reads its runs
-//!   twice (sum, then squared deviations from the mean: the two-pass variance), accumulating
-//!   in f64 in [`LANES`] independent lanes (vectorisable, and far more accurate than the f32
-//!   reference's sequential sum); the second read of a channel mostly hits the cache;
+//!   twice (sum, then squared deviations from the mean: the two-pass variance). Sums are
+//!   blocked: [`LANES`] f32 lanes over [`BLOCK`] elements (SIMD), each block's lanes then added
+//!   to f64 lane accumulators, so the long sums are far more accurate than the f32
+//!   reference's sequential one (the tests measure both against an f64 reference); the
+//!   second read of a channel is partly served by the cache;
 //! - the elementwise passes (normalise + fused ReLU, the backward's gradient, ReLU, max-pool)
-//!   run in parallel over `(image, channel)` planes or fixed-size chunks;
+//!   run in parallel over `(image, channel)` planes or fixed-size chunks, branch-free (ReLU
+//!   masks and max-pool winners are data-dependent, so branches would mispredict);
 //! - backward: one parallel pass over channels for `sum(g)` and `sum(g * xhat)` (with the ReLU
 //!   mask), then one elementwise pass.
 //!
-//! Determinism: every reduction is done by one task in a fixed order (lanes, then the lanes
-//! summed in index order), so results are bitwise identical run to run and for any number of
-//! threads. Nothing is allocated per call.
+//! Determinism: every reduction is done by one task in a fixed order (blocks, lanes, then the
+//! lanes summed in index order), so results are bitwise identical run to run and for any
+//! number of threads. Nothing is allocated per call.
+//!
+//! Measured alternative (not kept): fusing each channel's statistics with its elementwise
+//! pass (one task per channel writing that channel's strided runs, which needs `unsafe`)
+//! was no faster within the noise on a 2-core machine.
 
 use rayon::prelude::*;
 
 use crate::ops::{BatchNorm, NormShape, PoolShape};
 
-/// Independent f64 accumulators per reduction (a multiple of the SIMD width; the lanes are
+/// Independent accumulators per reduction (a multiple of the SIMD width; the lanes are
 /// combined in index order at the end).
 const LANES: usize = 8;
 /// Elements per rayon task, at least, for the elementwise passes.
@@ -48,8 +55,8 @@ impl Acc {
     }
     #[inline(always)]
     fn add(&mut self, lo: &[f32; LANES]) {
-        for j in 0..LANES {
-            self.0[j] += lo[j] as f64;
+        for (hi, &lo) in self.0.iter_mut().zip(lo) {
+            *hi += lo as f64;
         }
     }
     fn total(&self) -> f64 {
@@ -63,25 +70,36 @@ fn keep(g: f32, on: bool) -> f32 {
     f32::from_bits(g.to_bits() & (on as u32).wrapping_neg())
 }
 
+/// A `LANES`-long chunk as an array (constant bounds: no checks, and the compiler vectorises).
+#[inline(always)]
+fn lanes(chunk: &[f32]) -> &[f32; LANES] {
+    chunk.try_into().unwrap()
+}
+
 /// The `batch` runs of channel `c` in `data` (`[batch, channels, spatial]`).
 fn runs<'a>(s: &NormShape, data: &'a [f32], c: usize) -> impl Iterator<Item = &'a [f32]> + 'a {
     let (channels, spatial) = (s.channels, s.spatial);
     (0..s.batch).map(move |b| &data[(b * channels + c) * spatial..][..spatial])
 }
 
-/// `acc += sum(x - shift)` and `acc2 += sum((x - shift)^2)` over `run` (the first with
-/// `shift = 0`, the second with the mean: the two passes of the variance).
+/// `acc += sum(x - shift)` over `run`, or `sum((x - shift)^2)` when `SQUARE` (the two passes
+/// of the variance: the sum with `shift = 0`, then the squared deviations from the mean).
 #[inline(always)]
 fn sum_run<const SQUARE: bool>(run: &[f32], shift: f32, acc: &mut Acc) {
+    #[inline(always)]
+    fn step<const SQUARE: bool>(x: &[f32; LANES], shift: f32, lo: &mut [f32; LANES]) {
+        for j in 0..LANES {
+            let d = x[j] - shift;
+            lo[j] += if SQUARE { d * d } else { d };
+        }
+    }
     for block in run.chunks(BLOCK) {
         let mut lo = [0f32; LANES];
         let mut it = block.chunks_exact(LANES);
         for ch in &mut it {
-            for j in 0..LANES {
-                let d = ch[j] - shift;
-                lo[j] += if SQUARE { d * d } else { d };
-            }
+            step::<SQUARE>(lanes(ch), shift, &mut lo);
         }
+        // The remainder one by one (padding would add `(0 - shift)` terms).
         for (j, &x) in it.remainder().iter().enumerate() {
             let d = x - shift;
             lo[j] += if SQUARE { d * d } else { d };
@@ -107,7 +125,9 @@ fn channel_stats(s: &NormShape, input: &[f32], c: usize) -> (f64, f64) {
     }
     // Deviations were taken from the rounded mean: remove that offset's contribution.
     let delta = mean32 as f64 - mean;
-    (mean, (acc.total() / nf - delta * delta).max(0.0))
+    let var = acc.total() / nf - delta * delta;
+    // Rounding can take a constant channel's variance a hair below zero (NaN stays NaN).
+    (mean, if var < 0.0 { 0.0 } else { var })
 }
 
 fn check_norm(s: &NormShape, what: &str, data: &[usize], per_channel: &[usize]) {
@@ -236,6 +256,12 @@ pub fn batch_norm_eval(
 
 /// Channel `c`'s `sum(g)` and `sum(g * (x - mean))` in f64, `g` the gradient through the
 /// ReLU mask when `RELU`.
+///
+/// Per block: first the masked terms into two small arrays (an elementwise loop the compiler
+/// vectorises, selects included), then their blocked lane sums. The mask is applied after the
+/// arithmetic (a masked element contributes +0 to both sums, as in the reference), so `dy` is
+/// loaded unconditionally: a select on a loaded value can otherwise be turned into a branch
+/// around the load, which randomly masked data mispredicts.
 #[inline(never)]
 fn backward_sums<const RELU: bool>(
     s: &NormShape,
@@ -246,35 +272,25 @@ fn backward_sums<const RELU: bool>(
     c: usize,
 ) -> (f64, f64) {
     let (mut sg, mut sgx) = (Acc::new(), Acc::new());
+    let (mut g, mut gx) = ([0f32; BLOCK], [0f32; BLOCK]);
     let it = runs(s, input, c)
         .zip(runs(s, output, c))
         .zip(runs(s, grad_output, c));
     for ((x, y), dy) in it {
         let blocks = x.chunks(BLOCK).zip(y.chunks(BLOCK)).zip(dy.chunks(BLOCK));
         for ((x, y), dy) in blocks {
-            let (mut lo_g, mut lo_gx) = ([0f32; LANES], [0f32; LANES]);
-            let mut xs = x.chunks_exact(LANES);
-            let mut ys = y.chunks_exact(LANES);
-            let mut dys = dy.chunks_exact(LANES);
-            for ((x, y), dy) in (&mut xs).zip(&mut ys).zip(&mut dys) {
-                for j in 0..LANES {
-                    let g = if RELU { keep(dy[j], y[j] > 0.0) } else { dy[j] };
-                    lo_g[j] += g;
-                    lo_gx[j] += g * (x[j] - mean);
-                }
+            let n = x.len();
+            let terms = g[..n]
+                .iter_mut()
+                .zip(&mut gx[..n])
+                .zip(x.iter().zip(y).zip(dy));
+            for ((g, gx), ((&x, &y), &dy)) in terms {
+                let on = !RELU || y > 0.0;
+                *g = keep(dy, on);
+                *gx = keep(dy * (x - mean), on);
             }
-            let rest = xs
-                .remainder()
-                .iter()
-                .zip(ys.remainder())
-                .zip(dys.remainder());
-            for (j, ((&x, &y), &dy)) in rest.enumerate() {
-                let g = if RELU { keep(dy, y > 0.0) } else { dy };
-                lo_g[j] += g;
-                lo_gx[j] += g * (x - mean);
-            }
-            sg.add(&lo_g);
-            sgx.add(&lo_gx);
+            sum_run::<false>(&g[..n], 0.0, &mut sg);
+            sum_run::<false>(&gx[..n], 0.0, &mut sgx);
         }
     }
     (sg.total(), sgx.total())
@@ -450,25 +466,47 @@ pub fn max_pool_forward(s: &PoolShape, input: &[f32], output: &mut [f32]) {
 /// The gradient `g` of one window `[a, b; c, d]` routed to its first maximum (row-major,
 /// strict `>`), zero elsewhere: `[to a, to b, to c, to d]`.
 ///
-/// The first maximum is the first element equal to the window's first-max value, except that
-/// a NaN first element wins (nothing compares greater than it): `!(a < m)` covers both.
-/// Branchless (`&`, not `&&`), as the winner is data-dependent.
+/// `m` is a copy of the winner, so the winner is the first element with `m`'s bits: no
+/// earlier element can have them (it would equal the winner, which then could not have
+/// compared greater), and a NaN first element (which wins: nothing compares greater) matches
+/// itself. Integer compares and `&` (not `&&`) keep this branch-free even in scalar code
+/// (a float `==` would branch on the unordered flag).
 #[inline(always)]
 fn route(a: f32, b: f32, c: f32, d: f32, g: f32) -> [f32; 4] {
-    let m = first_max(a, b, c, d);
-    let s0 = !(a < m);
-    let s1 = !s0 & (b == m);
-    let s2 = !(s0 | s1) & (c == m);
+    let m = first_max(a, b, c, d).to_bits();
+    let s0 = a.to_bits() == m;
+    let s1 = !s0 & (b.to_bits() == m);
+    let s2 = !(s0 | s1) & (c.to_bits() == m);
     let s3 = !(s0 | s1 | s2);
     [keep(g, s0), keep(g, s1), keep(g, s2), keep(g, s3)]
 }
 
-/// Windows routed per step of [`route_row`]: fixed-size arrays, so the compiler can
-/// vectorise the (de)interleaving.
-const ROUTE_GROUP: usize = 8;
+/// Windows routed per step of [`route_row`] (one SSE vector): fixed-size arrays, so the
+/// compiler vectorises the (de)interleaving and the selects, with no branches.
+const ROUTE_GROUP: usize = 4;
+
+/// [`route`] over `ROUTE_GROUP` consecutive windows.
+#[inline(always)]
+fn route_group(
+    p0: &[f32; 2 * ROUTE_GROUP],
+    p1: &[f32; 2 * ROUTE_GROUP],
+    g: &[f32; ROUTE_GROUP],
+    q0: &mut [f32; 2 * ROUTE_GROUP],
+    q1: &mut [f32; 2 * ROUTE_GROUP],
+) {
+    for k in 0..ROUTE_GROUP {
+        let o = route(p0[2 * k], p0[2 * k + 1], p1[2 * k], p1[2 * k + 1], g[k]);
+        q0[2 * k] = o[0];
+        q0[2 * k + 1] = o[1];
+        q1[2 * k] = o[2];
+        q1[2 * k + 1] = o[3];
+    }
+}
 
 /// One output row of the max-pool backward: input rows `r0`, `r1` and gradient rows `d0`,
-/// `d1` (each `2 * dy.len()` long), output gradients `dy`.
+/// `d1` (each `2 * dy.len()` long), output gradients `dy`. A last partial group goes through
+/// zero-padded copies (a zero window with a zero gradient), so it takes the same vectorised
+/// path, unless the row is shorter than one group.
 #[inline]
 fn route_row(r0: &[f32], r1: &[f32], dy: &[f32], d0: &mut [f32], d1: &mut [f32]) {
     const G: usize = ROUTE_GROUP;
@@ -478,25 +516,34 @@ fn route_row(r0: &[f32], r1: &[f32], dy: &[f32], d0: &mut [f32], d1: &mut [f32])
         .zip(dy.chunks_exact(G))
         .zip(d0.chunks_exact_mut(2 * G).zip(d1.chunks_exact_mut(2 * G)));
     for (((p0, p1), g), (q0, q1)) in groups {
-        let p0: &[f32; 2 * G] = p0.try_into().unwrap();
-        let p1: &[f32; 2 * G] = p1.try_into().unwrap();
-        let g: &[f32; G] = g.try_into().unwrap();
-        let q0: &mut [f32; 2 * G] = q0.try_into().unwrap();
-        let q1: &mut [f32; 2 * G] = q1.try_into().unwrap();
-        for k in 0..G {
-            let o = route(p0[2 * k], p0[2 * k + 1], p1[2 * k], p1[2 * k + 1], g[k]);
-            q0[2 * k] = o[0];
-            q0[2 * k + 1] = o[1];
-            q1[2 * k] = o[2];
-            q1[2 * k + 1] = o[3];
-        }
+        route_group(
+            p0.try_into().unwrap(),
+            p1.try_into().unwrap(),
+            g.try_into().unwrap(),
+            q0.try_into().unwrap(),
+            q1.try_into().unwrap(),
+        );
     }
-    for i in dy.len() / G * G..dy.len() {
-        let o = route(r0[2 * i], r0[2 * i + 1], r1[2 * i], r1[2 * i + 1], dy[i]);
-        d0[2 * i] = o[0];
-        d0[2 * i + 1] = o[1];
-        d1[2 * i] = o[2];
-        d1[2 * i + 1] = o[3];
+    let rest = dy.len() % G;
+    if rest > 0 && rest == dy.len() {
+        // A row of fewer windows than a group (small maps): scalar, cheaper than padding.
+        for (i, &g) in dy.iter().enumerate() {
+            let o = route(r0[2 * i], r0[2 * i + 1], r1[2 * i], r1[2 * i + 1], g);
+            d0[2 * i] = o[0];
+            d0[2 * i + 1] = o[1];
+            d1[2 * i] = o[2];
+            d1[2 * i + 1] = o[3];
+        }
+    } else if rest > 0 {
+        let (i, e) = (dy.len() - rest, 2 * rest);
+        let (mut p0, mut p1, mut g) = ([0f32; 2 * G], [0f32; 2 * G], [0f32; G]);
+        let (mut q0, mut q1) = ([0f32; 2 * G], [0f32; 2 * G]);
+        p0[..e].copy_from_slice(&r0[2 * i..]);
+        p1[..e].copy_from_slice(&r1[2 * i..]);
+        g[..rest].copy_from_slice(&dy[i..]);
+        route_group(&p0, &p1, &g, &mut q0, &mut q1);
+        d0[2 * i..].copy_from_slice(&q0[..e]);
+        d1[2 * i..].copy_from_slice(&q1[..e]);
     }
 }
 
