@@ -1183,3 +1183,33 @@ fn report_timings_and_difficulty() {
         }
     }
 }
+
+#[test]
+fn folder_images_of_mixed_sizes_are_all_resized() {
+    let dir = temp_dir("mixed-sizes");
+    for c in 0..10 {
+        let cd = dir.join(format!("class{c}"));
+        std::fs::create_dir_all(&cd).unwrap();
+        for (k, side) in [17u32, 28, 40, 105].into_iter().enumerate() {
+            let img = image::GrayImage::from_fn(side, side + k as u32, |x, y| {
+                image::Luma([((x + y + c) % 256) as u8])
+            });
+            img.save(cd.join(format!("{k}.png"))).unwrap();
+        }
+    }
+    let opts = LoadOptions {
+        image_size: 28,
+        ..LoadOptions::default()
+    };
+    let d =
+        fewshot::data::load(&DatasetSource::Folder(dir.clone()), &opts).expect("mixed sizes load");
+    for set in [&d.train, &d.val, &d.test] {
+        assert_eq!(
+            set.images.len(),
+            set.num_images() * 28 * 28,
+            "every image resized to 28x28"
+        );
+        assert!(set.classes.iter().all(|c| c.count == 4));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -381,7 +381,9 @@ fn ps(batch: usize, channels: usize, height: usize, width: usize) -> PoolShape {
 }
 
 /// Batch 1, odd heights and widths (dropped last row/column), 1-pixel sides (no windows),
-/// channels 1/3/64, the Conv-4 sizes 28/14/7/3 at batch 8.
+/// channels 1/3/64, the Conv-4 sizes 28/14/7/3 at batch 8. Rows of 1-3 windows (the fast
+/// version's scalar path), 8 windows (whole groups of 4 only), 5, 7 and 14 windows (groups
+/// plus a zero-padded partial group).
 fn pool_shapes() -> Vec<PoolShape> {
     vec![
         ps(1, 1, 2, 2),
@@ -390,6 +392,8 @@ fn pool_shapes() -> Vec<PoolShape> {
         ps(3, 3, 7, 4),
         ps(1, 1, 1, 5),
         ps(2, 3, 6, 1),
+        ps(2, 3, 9, 16),
+        ps(3, 1, 5, 11),
         ps(8, 64, 28, 28),
         ps(8, 64, 14, 14),
         ps(8, 64, 7, 7),

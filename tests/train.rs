@@ -239,9 +239,7 @@ fn a_batch_larger_than_the_device_binding_limit_is_refused_with_the_limit_named(
     // 10-way 1-shot 5-query = 60 images x 32 x 28 x 28 floats in the first activation.
     let small = Cpu::with_max_tensor_len(60 * 32 * 28 * 28 - 1);
     let out = out_dir("too-big");
-    let err = train(&small, "cpu", &data, &cfg, 28, &out, None, &QUIET)
-        .err()
-        .expect("refused");
+    let err = train(&small, "cpu", &data, &cfg, 28, &out, None, &QUIET).expect_err("refused");
     let msg = err.to_string();
     assert!(
         msg.contains("largest storage binding") && msg.contains("60 images"),
@@ -270,4 +268,28 @@ fn embedding_is_chunked_to_fit_the_device_binding_limit() {
     let chunked = fewshot::train::eval::embed_all(&small, &model, images, n);
     assert_eq!(small.len(&model.params), params.len());
     assert!(whole == chunked, "chunked embedding differs");
+}
+
+#[test]
+fn a_lost_device_ends_training_with_an_error_and_the_last_checkpoint_intact() {
+    let data = small_synthetic(8);
+    let mut cfg = config(Method::Protonet, None, 20, 8);
+    cfg.checkpoint_every = 0.0; // save after every step, so there is a checkpoint to keep
+    let out = out_dir("lost-device");
+    let lost = Cpu::failing_after_reads(5);
+    let err = train(&lost, "cpu", &data, &cfg, 28, &out, None, &QUIET)
+        .expect_err("device loss is an error");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("device error during training") && msg.contains("last.safetensors"),
+        "{msg}"
+    );
+    let ck =
+        Checkpoint::load(&out.join("last.safetensors")).expect("the last checkpoint is intact");
+    assert!(
+        ck.meta.episode >= 1 && ck.meta.episode < 20,
+        "episode {}",
+        ck.meta.episode
+    );
+    let _ = std::fs::remove_dir_all(&out);
 }

@@ -96,11 +96,14 @@ pub fn with_two_mut<R>(
 /// The CPU backend. Ops run immediately on the calling thread (fast kernels use rayon inside).
 pub struct Cpu {
     max_tensor_len: usize,
+    /// Test hook: after this many collected reads the "device" reports itself lost.
+    fail_after_reads: Option<std::cell::Cell<u64>>,
 }
 
 impl Default for Cpu {
     fn default() -> Self {
         Cpu {
+            fail_after_reads: None,
             max_tensor_len: usize::MAX,
         }
     }
@@ -113,7 +116,18 @@ impl Cpu {
     /// A CPU backend that claims a binding limit, as a GPU has: lets tests exercise the code
     /// paths for datasets that do not fit the device.
     pub fn with_max_tensor_len(max_tensor_len: usize) -> Self {
-        Cpu { max_tensor_len }
+        Cpu {
+            max_tensor_len,
+            ..Cpu::default()
+        }
+    }
+    /// A CPU backend whose deferred reads fail after `reads` successful ones, as reads from a
+    /// lost GPU do: lets tests check that training ends with an error and an intact checkpoint.
+    pub fn failing_after_reads(reads: u64) -> Self {
+        Cpu {
+            fail_after_reads: Some(std::cell::Cell::new(reads)),
+            ..Cpu::default()
+        }
     }
 }
 
@@ -185,6 +199,12 @@ impl Backend for Cpu {
         CpuPending(t.get().to_vec())
     }
     fn resolve(&self, pending: &CpuPending, _block: bool) -> Result<Option<Vec<f32>>, String> {
+        if let Some(left) = &self.fail_after_reads {
+            if left.get() == 0 {
+                return Err("device lost (simulated)".into());
+            }
+            left.set(left.get() - 1);
+        }
         Ok(Some(pending.0.clone()))
     }
 
