@@ -204,62 +204,63 @@ pub fn batch_norm_backward(
         &[input, output, grad_output, grad_input],
         &[gamma, saved_mean, saved_inv_std, grad_gamma, grad_beta],
     );
-    let sums = gpu.buffer(2 * s.channels);
-    gpu.dispatch(
-        &BACKWARD_SUMS,
-        &[
-            &input.buffer,
-            &output.buffer,
-            &grad_output.buffer,
-            &saved_mean.buffer,
-            &saved_inv_std.buffer,
-            &grad_gamma.buffer,
-            &grad_beta.buffer,
-            &sums,
-        ],
-        &[
-            s.channels as u32,
-            s.spatial as u32,
-            s.batch as u32,
-            p.relu as u32,
-            input.off(),
-            output.off(),
-            grad_output.off(),
-            saved_mean.off(),
-            saved_inv_std.off(),
-            grad_gamma.off(),
-            grad_beta.off(),
-        ],
-        per_channel_groups(gpu, s),
-    );
-    gpu.dispatch(
-        &BACKWARD_INPUT,
-        &[
-            &input.buffer,
-            &output.buffer,
-            &grad_output.buffer,
-            &gamma.buffer,
-            &saved_mean.buffer,
-            &saved_inv_std.buffer,
-            &sums,
-            &grad_input.buffer,
-        ],
-        &[
-            s.len() as u32,
-            s.channels as u32,
-            s.spatial as u32,
-            s.batch as u32,
-            p.relu as u32,
-            input.off(),
-            output.off(),
-            grad_output.off(),
-            gamma.off(),
-            saved_mean.off(),
-            saved_inv_std.off(),
-            grad_input.off(),
-        ],
-        gpu.groups_1d(s.len(), WORKGROUP),
-    );
+    gpu.with_scratch("batch_norm_backward.sums", 2 * s.channels, |sums| {
+        gpu.dispatch(
+            &BACKWARD_SUMS,
+            &[
+                &input.buffer,
+                &output.buffer,
+                &grad_output.buffer,
+                &saved_mean.buffer,
+                &saved_inv_std.buffer,
+                &grad_gamma.buffer,
+                &grad_beta.buffer,
+                sums,
+            ],
+            &[
+                s.channels as u32,
+                s.spatial as u32,
+                s.batch as u32,
+                p.relu as u32,
+                input.off(),
+                output.off(),
+                grad_output.off(),
+                saved_mean.off(),
+                saved_inv_std.off(),
+                grad_gamma.off(),
+                grad_beta.off(),
+            ],
+            per_channel_groups(gpu, s),
+        );
+        gpu.dispatch(
+            &BACKWARD_INPUT,
+            &[
+                &input.buffer,
+                &output.buffer,
+                &grad_output.buffer,
+                &gamma.buffer,
+                &saved_mean.buffer,
+                &saved_inv_std.buffer,
+                sums,
+                &grad_input.buffer,
+            ],
+            &[
+                s.len() as u32,
+                s.channels as u32,
+                s.spatial as u32,
+                s.batch as u32,
+                p.relu as u32,
+                input.off(),
+                output.off(),
+                grad_output.off(),
+                gamma.off(),
+                saved_mean.off(),
+                saved_inv_std.off(),
+                grad_input.off(),
+            ],
+            gpu.groups_1d(s.len(), WORKGROUP),
+        );
+    })
 }
 
 pub fn relu_forward(gpu: &Gpu, input: &GpuTensor, output: &GpuTensor) {

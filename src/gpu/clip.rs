@@ -38,23 +38,24 @@ pub fn clip_grad_norm(gpu: &Gpu, max_norm: f32, grads: &GpuTensor, norm_out: &Gp
     let n = grads.len;
     let groups = n.div_ceil(256).clamp(1, MAX_PARTIALS);
     // Scratch for the partial sums; freed once the submission that uses it has run.
-    let partials = gpu.buffer(groups);
-    gpu.dispatch(
-        &PARTIALS,
-        &[&grads.buffer, &partials],
-        &[n as u32, groups as u32, grads.off()],
-        [groups as u32, 1, 1],
-    );
-    gpu.dispatch(
-        &FINISH,
-        &[&partials, &norm_out.buffer],
-        &[groups as u32, norm_out.off()],
-        [1, 1, 1],
-    );
-    gpu.dispatch(
-        &SCALE,
-        &[&norm_out.buffer, &grads.buffer],
-        &[n as u32, max_norm.to_bits(), norm_out.off(), grads.off()],
-        gpu.groups_1d(n, 256),
-    );
+    gpu.with_scratch("clip_grad_norm.partials", groups, |partials| {
+        gpu.dispatch(
+            &PARTIALS,
+            &[&grads.buffer, partials],
+            &[n as u32, groups as u32, grads.off()],
+            [groups as u32, 1, 1],
+        );
+        gpu.dispatch(
+            &FINISH,
+            &[partials, &norm_out.buffer],
+            &[groups as u32, norm_out.off()],
+            [1, 1, 1],
+        );
+        gpu.dispatch(
+            &SCALE,
+            &[&norm_out.buffer, &grads.buffer],
+            &[n as u32, max_norm.to_bits(), norm_out.off(), grads.off()],
+            gpu.groups_1d(n, 256),
+        );
+    })
 }

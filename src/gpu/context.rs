@@ -190,6 +190,7 @@ pub struct Gpu {
     pipelines: Mutex<HashMap<(&'static str, &'static str), wgpu::ComputePipeline>>,
     recorder: Mutex<Recorder>,
     params: Mutex<Option<wgpu::Buffer>>,
+    scratch: Mutex<HashMap<&'static str, Arc<wgpu::Buffer>>>,
     error: Arc<Mutex<Option<String>>>,
 }
 
@@ -236,6 +237,7 @@ impl Gpu {
             pipelines: Mutex::default(),
             recorder: Mutex::default(),
             params: Mutex::new(None),
+            scratch: Mutex::default(),
             error,
         })
     }
@@ -299,6 +301,26 @@ impl Gpu {
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         }))
+    }
+
+    /// Record launches that pass intermediate results through a device buffer of at least `len`
+    /// floats, named `key`, allocated once and reused by every later call (grown when needed;
+    /// recorded dispatches keep their own reference, so replacing it is safe). The buffer stays
+    /// locked while `record` runs, so concurrent callers on one context (the tests share one)
+    /// record their launches wholly before or after each other, and recorded work runs in order.
+    pub fn with_scratch<R>(
+        &self,
+        key: &'static str,
+        len: usize,
+        record: impl FnOnce(&Arc<wgpu::Buffer>) -> R,
+    ) -> R {
+        let mut cache = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = cache.entry(key).or_insert_with(|| self.buffer(len));
+        if (slot.size() as usize) < len.max(1) * 4 {
+            *slot = self.buffer(len);
+        }
+        let buffer = slot.clone();
+        record(&buffer)
     }
 
     /// Record one kernel launch. `params` are the 32-bit words of the shader's `Params` uniform

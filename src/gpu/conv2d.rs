@@ -2,7 +2,6 @@
 //! implicit-GEMM kernel (64 x 64 tiles, 16-deep slices, 4 x 4 register blocks), the weight and
 //! bias gradients as a split-K implicit GEMM into a cached scratch buffer followed by a
 //! fixed-order sum of the splits.
-use std::sync::{Arc, Mutex};
 
 use super::{Gpu, GpuTensor, Kernel};
 use crate::ops::ConvShape;
@@ -189,12 +188,6 @@ fn split_plan(rows: usize, cols: usize, depth: usize, max_scratch: usize) -> (us
     (slices.div_ceil(chunk_slices), chunk_slices * SLICE)
 }
 
-/// One growing split-K scratch buffer per device, reused by every call (the recorded dispatches
-/// hold their own references, so replacing it by a larger one is safe).
-static SCRATCH: Mutex<Vec<(wgpu::Device, Arc<wgpu::Buffer>)>> = Mutex::new(Vec::new());
-/// Devices remembered at most (a dropped context's entry is evicted after this many others).
-const SCRATCH_DEVICES: usize = 4;
-
 /// Three dispatches: the split-K partial sums of both gradients into the scratch buffer, then
 /// the sums of the splits into the weight gradient and into the bias gradient (separate
 /// launches, so that the two outputs may be disjoint views of one flat gradient buffer).
@@ -235,66 +228,48 @@ pub fn conv2d_backward_weight(
     let tiles = rows.div_ceil(TILE) * n_tiles;
     let needed = splits * (rows * cols + rows);
 
-    // The scratch buffer stays locked while all three launches are recorded: a concurrent call
-    // on the same device (tests share one context) records its launches wholly before or after
-    // ours, and recorded work runs in order.
-    let mut cache = SCRATCH.lock().unwrap_or_else(|p| p.into_inner());
-    let at = match cache.iter().position(|(d, _)| *d == gpu.device) {
-        Some(at) => at,
-        None => {
-            if cache.len() >= SCRATCH_DEVICES {
-                cache.remove(0);
-            }
-            cache.push((gpu.device.clone(), gpu.buffer(needed)));
-            cache.len() - 1
-        }
-    };
-    if (cache[at].1.size() as usize) < needed * 4 {
-        cache[at].1 = gpu.buffer(needed);
-    }
-    let scratch = cache[at].1.clone();
-
-    let mut params = vec![
-        s.batch as u32,
-        s.in_channels as u32,
-        s.out_channels as u32,
-        s.height as u32,
-        s.width as u32,
-        s.kernel as u32,
-        s.padding as u32,
-        s.out_height() as u32,
-        s.out_width() as u32,
-        n_tiles as u32,
-        tiles as u32,
-        chunk as u32,
-        splits as u32,
-    ];
-    params.extend([input.off(), grad_output.off(), 0]);
-    gpu.dispatch(
-        &WEIGHT_PARTIAL,
-        &[&input.buffer, &grad_output.buffer, &scratch],
-        &params,
-        gpu.groups_1d(tiles * splits, 1),
-    );
-    let weights = rows * cols;
-    gpu.dispatch(
-        &SUM_SPLITS,
-        &[&scratch, &grad_weight.buffer],
-        &[weights as u32, splits as u32, 0, grad_weight.off()],
-        gpu.groups_1d(weights, WORKGROUP),
-    );
-    gpu.dispatch(
-        &SUM_SPLITS,
-        &[&scratch, &grad_bias.buffer],
-        &[
-            rows as u32,
+    gpu.with_scratch("conv2d_backward_weight.partials", needed, |scratch| {
+        let mut params = vec![
+            s.batch as u32,
+            s.in_channels as u32,
+            s.out_channels as u32,
+            s.height as u32,
+            s.width as u32,
+            s.kernel as u32,
+            s.padding as u32,
+            s.out_height() as u32,
+            s.out_width() as u32,
+            n_tiles as u32,
+            tiles as u32,
+            chunk as u32,
             splits as u32,
-            (splits * weights) as u32,
-            grad_bias.off(),
-        ],
-        gpu.groups_1d(rows, WORKGROUP),
-    );
-    drop(cache);
+        ];
+        params.extend([input.off(), grad_output.off(), 0]);
+        gpu.dispatch(
+            &WEIGHT_PARTIAL,
+            &[&input.buffer, &grad_output.buffer, scratch],
+            &params,
+            gpu.groups_1d(tiles * splits, 1),
+        );
+        let weights = rows * cols;
+        gpu.dispatch(
+            &SUM_SPLITS,
+            &[scratch, &grad_weight.buffer],
+            &[weights as u32, splits as u32, 0, grad_weight.off()],
+            gpu.groups_1d(weights, WORKGROUP),
+        );
+        gpu.dispatch(
+            &SUM_SPLITS,
+            &[scratch, &grad_bias.buffer],
+            &[
+                rows as u32,
+                splits as u32,
+                (splits * weights) as u32,
+                grad_bias.off(),
+            ],
+            gpu.groups_1d(rows, WORKGROUP),
+        );
+    })
 }
 
 #[cfg(test)]

@@ -1,8 +1,7 @@
 //! Launchers for `shaders/pair_loss.wgsl`: the contrastive loss and the Koch et al. head.
 //!
-//! Each call allocates a small per-pair scratch buffer (`3 * pairs` floats) with
-//! `gpu.tensor`. That is one allocation per training step; a persistent scratch owned by the
-//! caller would avoid it if it ever shows up in profiles.
+//! Per-pair intermediate results (`3 * pairs` floats) pass through the context's reusable
+//! scratch buffer (`Gpu::with_scratch`), so a training step allocates nothing.
 use super::{Gpu, GpuTensor, Kernel};
 
 const SOURCE: &str = include_str!("../../shaders/pair_loss.wgsl");
@@ -87,45 +86,46 @@ pub fn contrastive_loss(
         grad_right,
         stats,
     );
-    let scratch = gpu.tensor(3 * pairs);
-    gpu.dispatch(
-        &CONTRASTIVE_PAIR,
-        &[&left.buffer, &right.buffer, &same.buffer, &scratch.buffer],
-        &[
-            pairs as u32,
-            dim as u32,
-            margin.to_bits(),
-            left.off(),
-            right.off(),
-            same.off(),
-        ],
-        gpu.groups_1d(pairs, 1),
-    );
-    gpu.dispatch(
-        &CONTRASTIVE_GRAD,
-        &[
-            &left.buffer,
-            &right.buffer,
-            &scratch.buffer,
-            &grad_left.buffer,
-            &grad_right.buffer,
-        ],
-        &[
-            pairs as u32,
-            dim as u32,
-            left.off(),
-            right.off(),
-            grad_left.off(),
-            grad_right.off(),
-        ],
-        gpu.groups_1d(pairs * dim, 256),
-    );
-    gpu.dispatch(
-        &CONTRASTIVE_REDUCE,
-        &[&scratch.buffer, &stats.buffer],
-        &[pairs as u32, stats.off(), 0],
-        [1, 1, 1],
-    );
+    gpu.with_scratch("contrastive_loss.scratch", 3 * pairs, |scratch| {
+        gpu.dispatch(
+            &CONTRASTIVE_PAIR,
+            &[&left.buffer, &right.buffer, &same.buffer, scratch],
+            &[
+                pairs as u32,
+                dim as u32,
+                margin.to_bits(),
+                left.off(),
+                right.off(),
+                same.off(),
+            ],
+            gpu.groups_1d(pairs, 1),
+        );
+        gpu.dispatch(
+            &CONTRASTIVE_GRAD,
+            &[
+                &left.buffer,
+                &right.buffer,
+                scratch,
+                &grad_left.buffer,
+                &grad_right.buffer,
+            ],
+            &[
+                pairs as u32,
+                dim as u32,
+                left.off(),
+                right.off(),
+                grad_left.off(),
+                grad_right.off(),
+            ],
+            gpu.groups_1d(pairs * dim, 256),
+        );
+        gpu.dispatch(
+            &CONTRASTIVE_REDUCE,
+            &[scratch, &stats.buffer],
+            &[pairs as u32, stats.off(), 0],
+            [1, 1, 1],
+        );
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -159,70 +159,66 @@ pub fn koch_loss(
     assert_eq!(bias.len, 1, "koch_loss: bias length");
     assert_eq!(grad_alpha.len, dim, "koch_loss: grad_alpha length");
     assert_eq!(grad_bias.len, 1, "koch_loss: grad_bias length");
-    let scratch = gpu.tensor(3 * pairs);
-    gpu.dispatch(
-        &KOCH_PAIR,
-        &[
-            &left.buffer,
-            &right.buffer,
-            &same.buffer,
-            &alpha.buffer,
-            &bias.buffer,
-            &scratch.buffer,
-        ],
-        &[
-            pairs as u32,
-            dim as u32,
-            left.off(),
-            right.off(),
-            same.off(),
-            alpha.off(),
-            bias.off(),
-        ],
-        gpu.groups_1d(pairs, 1),
-    );
-    gpu.dispatch(
-        &KOCH_GRAD,
-        &[
-            &left.buffer,
-            &right.buffer,
-            &alpha.buffer,
-            &scratch.buffer,
-            &grad_left.buffer,
-            &grad_right.buffer,
-        ],
-        &[
-            pairs as u32,
-            dim as u32,
-            left.off(),
-            right.off(),
-            alpha.off(),
-            grad_left.off(),
-            grad_right.off(),
-        ],
-        gpu.groups_1d(pairs * dim, 256),
-    );
-    gpu.dispatch(
-        &KOCH_GRAD_ALPHA,
-        &[
-            &left.buffer,
-            &right.buffer,
-            &scratch.buffer,
-            &grad_alpha.buffer,
-        ],
-        &[
-            pairs as u32,
-            dim as u32,
-            left.off(),
-            right.off(),
-            grad_alpha.off(),
-        ],
-        gpu.groups_1d(dim, 256),
-    );
-    gpu.dispatch(
-        &KOCH_REDUCE,
-        &[&scratch.buffer, &stats.buffer, &grad_bias.buffer],
-        &[pairs as u32, stats.off(), grad_bias.off()],
-        [1, 1, 1],
-    );
+    gpu.with_scratch("koch_loss.scratch", 3 * pairs, |scratch| {
+        gpu.dispatch(
+            &KOCH_PAIR,
+            &[
+                &left.buffer,
+                &right.buffer,
+                &same.buffer,
+                &alpha.buffer,
+                &bias.buffer,
+                scratch,
+            ],
+            &[
+                pairs as u32,
+                dim as u32,
+                left.off(),
+                right.off(),
+                same.off(),
+                alpha.off(),
+                bias.off(),
+            ],
+            gpu.groups_1d(pairs, 1),
+        );
+        gpu.dispatch(
+            &KOCH_GRAD,
+            &[
+                &left.buffer,
+                &right.buffer,
+                &alpha.buffer,
+                scratch,
+                &grad_left.buffer,
+                &grad_right.buffer,
+            ],
+            &[
+                pairs as u32,
+                dim as u32,
+                left.off(),
+                right.off(),
+                alpha.off(),
+                grad_left.off(),
+                grad_right.off(),
+            ],
+            gpu.groups_1d(pairs * dim, 256),
+        );
+        gpu.dispatch(
+            &KOCH_GRAD_ALPHA,
+            &[&left.buffer, &right.buffer, scratch, &grad_alpha.buffer],
+            &[
+                pairs as u32,
+                dim as u32,
+                left.off(),
+                right.off(),
+                grad_alpha.off(),
+            ],
+            gpu.groups_1d(dim, 256),
+        );
+        gpu.dispatch(
+            &KOCH_REDUCE,
+            &[scratch, &stats.buffer, &grad_bias.buffer],
+            &[pairs as u32, stats.off(), grad_bias.off()],
+            [1, 1, 1],
+        );
+    })
 }
