@@ -396,7 +396,7 @@ pub fn run_lake_eval(args: &EvalArgs, runs_path: &Path) -> Result<LakeEvalReport
     let report = with_backend!(&backend, b => {
         let model = load_model(b, &ck);
         crate::train::lake::evaluate_lake(&runs, &rule, &mut |images: &[f32], n: usize| embed_all(b, &model, images, n))
-    });
+    })?;
     Ok(LakeEvalReport {
         method: ck.meta.method.clone(),
         loss: ck.meta.loss.clone(),
@@ -451,7 +451,7 @@ pub fn run_eval(args: &EvalArgs) -> Result<EvalReport> {
     let emb = with_backend!(&backend, b => {
         let model = load_model(b, &ck);
         embed_all(b, &model, &dataset.test.images, dataset.test.num_images())
-    });
+    })?;
     let rule = default_rule(
         &ck.meta.method,
         ck.meta.loss.as_deref(),
@@ -564,7 +564,7 @@ pub fn run_predict(args: &PredictArgs) -> Result<PredictReport> {
     let n_support = support.num_images();
     let (support_emb, query_emb) = with_backend!(&backend, b => {
         let model = load_model(b, &ck);
-        (embed_all(b, &model, &support.images, n_support), embed_all(b, &model, &query_images, args.queries.len()))
+        (embed_all(b, &model, &support.images, n_support)?, embed_all(b, &model, &query_images, args.queries.len())?)
     });
     let rule = default_rule(
         &ck.meta.method,

@@ -360,7 +360,7 @@ pub fn run_compare(args: &CompareArgs) -> Result<CompareReport> {
         let emb = with_backend!(&backend, b => {
             let model = load_model(b, &ck);
             embed_all(b, &model, &dataset.test.images, dataset.test.num_images())
-        });
+        })?;
         let rule = default_rule(
             &ck.meta.method,
             ck.meta.loss.as_deref(),

@@ -197,8 +197,15 @@ pub trait Backend {
     fn copy(&self, src: &Self::Tensor, dst: &Self::Tensor);
     /// Submit all recorded work (GPU); no-op on the CPU.
     fn flush(&self);
-    /// Blocking read: flushes, waits, returns the contents.
+    /// Blocking read: flushes, waits, returns the contents. Panics when the device failed: for
+    /// tests and benchmarks; code that serves users calls [`Backend::try_read`].
     fn read(&self, t: &Self::Tensor) -> Vec<f32>;
+    /// Blocking read that reports a failed device (lost, or a validation error) as an error.
+    fn try_read(&self, t: &Self::Tensor) -> Result<Vec<f32>, String> {
+        let pending = self.read_deferred(t);
+        self.resolve(&pending, true)?
+            .ok_or_else(|| "a blocking read returned no data".to_string())
+    }
     /// Ask for `t`'s contents as of the work recorded so far; collect with [`Backend::resolve`].
     fn read_deferred(&self, t: &Self::Tensor) -> Self::Pending;
     /// The data of a deferred read: `Ok(None)` if not ready yet and `block` is false; an error

@@ -283,8 +283,9 @@ fn scoring_matches_hand_checked_accuracy() {
     let mut calls = Vec::new();
     let report = evaluate_lake(&runs, &euclidean(), &mut |images, count| {
         calls.push((images.to_vec(), count));
-        images.to_vec()
-    });
+        Ok(images.to_vec())
+    })
+    .unwrap();
     // One embed call per run: the training images, then the test images.
     assert_eq!(calls.len(), 2);
     assert_eq!(calls[0].1, 8);
@@ -313,8 +314,9 @@ fn scoring_matches_hand_checked_accuracy() {
     // (x, y) to (x, 0, 0) moves run01's trial 3 to the nearest of 0 and 2 (tie, the first
     // wins: 0) and trial 2 to 1 (right) -> run01 gets trials 1 and 2 only.
     let report = evaluate_lake(&runs, &euclidean(), &mut |images, _| {
-        images.chunks(2).flat_map(|p| [p[0], 0.0, 0.0]).collect()
-    });
+        Ok(images.chunks(2).flat_map(|p| [p[0], 0.0, 0.0]).collect())
+    })
+    .unwrap();
     assert_eq!(report.per_run[0].correct, 2);
     assert_eq!(report.per_run[1].correct, 2);
     assert_eq!(report.accuracy, 0.5);
@@ -342,15 +344,16 @@ fn scoring_loaded_runs_uses_the_answers() {
     let image_len = 28 * 28;
     let oracle = evaluate_lake(&runs, &euclidean(), &mut |images, count| {
         assert_eq!(images.len(), count * image_len);
-        images.chunks(image_len).flat_map(find).collect()
-    });
+        Ok(images.chunks(image_len).flat_map(find).collect())
+    })
+    .unwrap();
     assert_eq!(
         (oracle.correct, oracle.trials, oracle.accuracy),
         (8, 8, 1.0)
     );
     // Shift every test embedding to the next class: nothing is right.
     let wrong = evaluate_lake(&runs, &euclidean(), &mut |images, _| {
-        images
+        Ok(images
             .chunks(image_len)
             .enumerate()
             .flat_map(|(i, im)| {
@@ -360,11 +363,18 @@ fn scoring_loaded_runs_uses_the_answers() {
                 }
                 v
             })
-            .collect()
-    });
+            .collect())
+    })
+    .unwrap();
     assert_eq!((wrong.correct, wrong.trials, wrong.accuracy), (0, 8, 0.0));
     // Raw pixels as embeddings (nearest neighbour in pixel space): just a well-formed report.
-    let pixels = evaluate_lake(&runs, &euclidean(), &mut |images, _| images.to_vec());
+    let pixels = evaluate_lake(&runs, &euclidean(), &mut |images, _| Ok(images.to_vec())).unwrap();
+    // An embedding failure (a lost device) is the report's error.
+    let err = evaluate_lake(&runs, &euclidean(), &mut |_, _| {
+        anyhow::bail!("device lost")
+    })
+    .expect_err("embedding failure");
+    assert!(err.to_string().contains("device lost"), "{err}");
     println!("pixel nearest neighbour on the fixture: {pixels}");
     assert_eq!(pixels.trials, 8);
     assert_eq!(pixels.per_run.len(), 2);

@@ -260,14 +260,35 @@ fn embedding_is_chunked_to_fit_the_device_binding_limit() {
     let whole = {
         let cpu = Cpu::new();
         let model = Conv4::new(&cpu, cfg.clone(), &params, &stats);
-        fewshot::train::eval::embed_all(&cpu, &model, images, n)
+        fewshot::train::eval::embed_all(&cpu, &model, images, n).expect("embedding")
     };
     // Room for 3 images' activations per chunk.
     let small = Cpu::with_max_tensor_len(3 * cfg.largest_activation_per_image());
     let model = Conv4::new(&small, cfg.clone(), &params, &stats);
-    let chunked = fewshot::train::eval::embed_all(&small, &model, images, n);
+    let chunked = fewshot::train::eval::embed_all(&small, &model, images, n).expect("embedding");
     assert_eq!(small.len(&model.params), params.len());
     assert!(whole == chunked, "chunked embedding differs");
+}
+
+#[test]
+fn a_device_lost_during_evaluation_is_an_error_not_a_panic() {
+    use fewshot::model::{init_params, Conv4, Conv4Config};
+    let cfg = Conv4Config::new(1, 28, 8);
+    let (params, stats) = init_params(&cfg, 1);
+    let data = small_synthetic(7);
+    let n = 40;
+    let images = &data.test.images[..n * cfg.image_len()];
+    // Chunks of 3 images; the third chunk's read finds the device lost.
+    let lost = Cpu::with_max_tensor_len(3 * cfg.largest_activation_per_image())
+        .with_reads_failing_after(2);
+    let model = Conv4::new(&lost, cfg.clone(), &params, &stats);
+    let err = fewshot::train::eval::embed_all(&lost, &model, images, n)
+        .expect_err("a lost device is an error");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("device error while embedding images 6..9") && msg.contains("device lost"),
+        "{msg}"
+    );
 }
 
 #[test]

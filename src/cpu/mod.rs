@@ -124,9 +124,13 @@ impl Cpu {
     /// A CPU backend whose deferred reads fail after `reads` successful ones, as reads from a
     /// lost GPU do: lets tests check that training ends with an error and an intact checkpoint.
     pub fn failing_after_reads(reads: u64) -> Self {
+        Cpu::default().with_reads_failing_after(reads)
+    }
+    /// This backend, with its reads failing after `reads` successful ones.
+    pub fn with_reads_failing_after(self, reads: u64) -> Self {
         Cpu {
             fail_after_reads: Some(std::cell::Cell::new(reads)),
-            ..Cpu::default()
+            ..self
         }
     }
 }

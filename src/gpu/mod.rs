@@ -129,6 +129,9 @@ impl Backend for Gpu {
             Err(e) => panic!("GPU read failed: {e}"),
         }
     }
+    fn try_read(&self, t: &GpuTensor) -> Result<Vec<f32>, String> {
+        self.download(t).map_err(|e| e.to_string())
+    }
     fn read_deferred(&self, t: &GpuTensor) -> GpuPending {
         Gpu::request_read(self, &t.buffer, t.offset, t.len)
     }

@@ -468,8 +468,11 @@ impl<B: Backend> Conv4<B> {
         }
     }
 
-    /// Copy parameters and statistics back to the host.
-    pub fn download(&self, backend: &B) -> (Vec<f32>, Vec<f32>) {
-        (backend.read(&self.params), backend.read(&self.stats))
+    /// Copy parameters and statistics back to the host; an error when the device failed.
+    pub fn download(&self, backend: &B) -> Result<(Vec<f32>, Vec<f32>), String> {
+        Ok((
+            backend.try_read(&self.params)?,
+            backend.try_read(&self.stats)?,
+        ))
     }
 }

@@ -10,13 +10,14 @@ use crate::ops::Backend;
 /// Images embedded per forward pass during evaluation.
 pub const EVAL_CHUNK: usize = 256;
 
-/// Embed `count` images (`image_len` floats each) in eval mode; returns `[count, dim]`.
+/// Embed `count` images (`image_len` floats each) in eval mode; returns `[count, dim]`, or an
+/// error when the device failed.
 pub fn embed_all<B: Backend>(
     backend: &B,
     model: &Conv4<B>,
     images: &[f32],
     count: usize,
-) -> Vec<f32> {
+) -> anyhow::Result<Vec<f32>> {
     let image_len = model.cfg.image_len();
     let dim = model.cfg.embedding_dim();
     assert_eq!(
@@ -41,9 +42,15 @@ pub fn embed_all<B: Backend>(
             &images[start * image_len..(start + n) * image_len],
         );
         model.forward(backend, a, false);
-        out.extend(backend.read(a.embedding()));
+        let emb = backend.try_read(a.embedding()).map_err(|e| {
+            anyhow::anyhow!(
+                "device error while embedding images {start}..{}: {e}",
+                start + n
+            )
+        })?;
+        out.extend(emb);
     }
-    out
+    Ok(out)
 }
 
 /// How a query is matched to the support set.

@@ -40,6 +40,9 @@ fn fraction(correct: usize, trials: usize) -> f64 {
     }
 }
 
+/// Embeds `count` images laid out one after another: `[count, dim]`, or the device's error.
+pub type Embedder<'a> = dyn FnMut(&[f32], usize) -> anyhow::Result<Vec<f32>> + 'a;
+
 /// Scores `runs`: for each run, one call `embed(images, count)` embeds the run's training
 /// images followed by its test images (concatenated, `count` of them) and must return
 /// `[count, dim]` embeddings; each test image is then classified among the training images
@@ -47,11 +50,12 @@ fn fraction(correct: usize, trials: usize) -> f64 {
 ///
 /// Panics if the run's images differ in length or `embed` returns a length that is not a
 /// multiple of `count` (both are caller bugs, not data errors: the loader never makes them).
+/// An error from `embed` (a failed device) is returned.
 pub fn evaluate_lake(
     runs: &[LakeRun],
     rule: &Rule,
-    embed: &mut dyn FnMut(&[f32], usize) -> Vec<f32>,
-) -> LakeReport {
+    embed: &mut Embedder<'_>,
+) -> anyhow::Result<LakeReport> {
     let mut per_run = Vec::with_capacity(runs.len());
     for run in runs {
         let way = run.training.len();
@@ -71,7 +75,7 @@ pub fn evaluate_lake(
                 run.name
             );
             let count = images.len();
-            let embeddings = embed(&images.concat(), count);
+            let embeddings = embed(&images.concat(), count)?;
             assert!(
                 !embeddings.is_empty() && embeddings.len().is_multiple_of(count),
                 "evaluate_lake: embed returned {} floats for {count} images of run {}",
@@ -99,12 +103,12 @@ pub fn evaluate_lake(
     }
     let trials = per_run.iter().map(|r| r.trials).sum();
     let correct = per_run.iter().map(|r| r.correct).sum();
-    LakeReport {
+    Ok(LakeReport {
         accuracy: fraction(correct, trials),
         trials,
         correct,
         per_run,
-    }
+    })
 }
 
 impl fmt::Display for LakeReport {

@@ -209,6 +209,14 @@ pub fn train<B: Backend>(
     reporter: &Reporter,
 ) -> Result<TrainReport> {
     cfg.validate()?;
+    // Every device failure (lost device, validation error) ends the run with this error: the
+    // checkpoints on disk are the last good state.
+    let device_error = |e: String| {
+        anyhow::anyhow!(
+            "device error during training: {e}; the last checkpoint is {}",
+            out.join("last.safetensors").display()
+        )
+    };
     std::fs::create_dir_all(out)
         .with_context(|| format!("creating output directory {}", out.display()))?;
     // Temporary files of checkpoint writes that a kill interrupted (the checkpoints themselves
@@ -360,7 +368,7 @@ pub fn train<B: Backend>(
                 elapsed: f64,
                 with_opt: bool|
      -> Result<()> {
-        let (params, stats) = model.download(backend);
+        let (params, stats) = model.download(backend).map_err(device_error)?;
         // ReLU and max pooling swallow NaN, so weights can overflow or turn NaN while the loss
         // stays finite (batch norm collapses the embeddings): never overwrite a good
         // checkpoint with weights that `Checkpoint::load` refuses.
@@ -370,8 +378,13 @@ pub fn train<B: Backend>(
                 out.join("last.safetensors").display()
             );
         }
-        let optimizer =
-            with_opt.then(|| (backend.read(&model.adam_m), backend.read(&model.adam_v)));
+        let optimizer = match with_opt {
+            true => Some((
+                backend.try_read(&model.adam_m).map_err(device_error)?,
+                backend.try_read(&model.adam_v).map_err(device_error)?,
+            )),
+            false => None,
+        };
         let ck = Checkpoint {
             meta: CheckpointMeta {
                 format: FORMAT_VERSION,
@@ -417,20 +430,10 @@ pub fn train<B: Backend>(
                    window: &mut (f64, f64, u64),
                    last: &mut Option<(f64, f64)>|
      -> Result<()> {
-        backend.check().map_err(|e| {
-            anyhow::anyhow!(
-                "device error during training: {e}; the last checkpoint is {}",
-                out.join("last.safetensors").display()
-            )
-        })?;
+        backend.check().map_err(device_error)?;
         while let Some((ep, p)) = pending.front() {
             let must = all || pending.len() > 2;
-            let read = backend.resolve(p, must).map_err(|e| {
-                anyhow::anyhow!(
-                    "device error during training: {e}; the last checkpoint is {}",
-                    out.join("last.safetensors").display()
-                )
-            })?;
+            let read = backend.resolve(p, must).map_err(device_error)?;
             let Some(v) = read else { break };
             let (ep, loss, acc) = (*ep, v[0] as f64, v[1] as f64);
             pending.pop_front();
@@ -465,8 +468,9 @@ pub fn train<B: Backend>(
             model,
             &dataset.val.images,
             dataset.val.num_images(),
-        );
-        let (params, _) = (backend.read(&model.params), ());
+        )
+        .map_err(|e| device_error(format!("{e:#}")))?;
+        let params = backend.try_read(&model.params).map_err(device_error)?;
         let rule = default_rule(&method, loss_name.as_deref(), &params, &model.cfg, None);
         let way = cfg.val_way.min(dataset.val.classes.len());
         Ok(evaluate(
@@ -574,13 +578,16 @@ pub fn train<B: Backend>(
                 lr: Some(cfg.lr_at(episode - 1)),
                 val_accuracy: None,
                 val_ci95: None,
-                grad_norm: cfg.clip_grad.map(|_| {
-                    let norm = match &sampler {
-                        Sampler::Proto(_, buf) => &buf.grad_norm,
-                        Sampler::Pair(_, buf) => &buf.grad_norm,
-                    };
-                    backend.read(norm)[0] as f64
-                }),
+                grad_norm: match cfg.clip_grad {
+                    Some(_) => {
+                        let norm = match &sampler {
+                            Sampler::Proto(_, buf) => &buf.grad_norm,
+                            Sampler::Pair(_, buf) => &buf.grad_norm,
+                        };
+                        Some(backend.try_read(norm).map_err(device_error)?[0] as f64)
+                    }
+                    None => None,
+                },
             };
             if at_val {
                 let v = validate(&model)?;
@@ -661,8 +668,9 @@ pub fn train<B: Backend>(
         &model,
         &dataset.test.images,
         dataset.test.num_images(),
-    );
-    let params = backend.read(&model.params);
+    )
+    .map_err(|e| device_error(format!("{e:#}")))?;
+    let params = backend.try_read(&model.params).map_err(device_error)?;
     let rule = default_rule(&method, loss_name.as_deref(), &params, &arch, None);
     let mut shots = vec![1];
     if cfg.method == Method::Protonet && cfg.shot != 1 {
