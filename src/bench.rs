@@ -68,6 +68,16 @@ pub struct BenchArgs {
     /// get no "% of ceiling".
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<Section>,
+    /// Time only these training-step configurations (comma-separated names as printed, e.g.
+    /// protonet-5w1s15q,siamese-128; default all).
+    #[arg(long, value_delimiter = ',')]
+    pub config: Vec<String>,
+    /// A reference run to compare with: the JSON of the PyTorch peer
+    /// (`fewshot_torch.py --mode speed --suite --out FILE`, or its JSON lines). Step and
+    /// inference rows then also print the reference's time and the ratio fewshot / reference
+    /// (CPU rows against its `cpu` records, GPU rows against its `cuda` ones).
+    #[arg(long, value_name = "FILE")]
+    pub reference: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -87,6 +97,8 @@ impl Default for BenchArgs {
             quick: false,
             steps: None,
             only: vec![],
+            config: vec![],
+            reference: None,
         }
     }
 }
@@ -166,6 +178,12 @@ pub struct StepRow {
     pub images_per_s: f64,
     /// Loss of the last step (a sanity check that the steps computed something).
     pub last_loss: f64,
+    /// The reference run's median step time for this configuration and device (`--reference`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_ms: Option<f64>,
+    /// `median_ms / reference_ms`: below 1, fewshot is faster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_to_reference: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -175,6 +193,12 @@ pub struct InferenceRow {
     #[serde(flatten)]
     pub timing: Timing,
     pub images_per_s: f64,
+    /// The reference run's inference throughput on this device kind (`--reference`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_images_per_s: Option<f64>,
+    /// Time per image, fewshot / reference: below 1, fewshot is faster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_to_reference: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -214,6 +238,10 @@ pub struct Plan {
     pub dataset_images: usize,
     /// The sections to run.
     pub sections: Vec<Section>,
+    /// The step configurations to time (names as in [`STEP_CONFIGS`]; empty: all).
+    pub configs: Vec<String>,
+    /// A reference run to print ratios against.
+    pub reference: Option<Reference>,
 }
 
 impl Plan {
@@ -240,6 +268,8 @@ impl Plan {
                 Section::Steps,
                 Section::Inference,
             ],
+            configs: vec![],
+            reference: None,
         }
     }
     /// Images of the kernels' episode.
@@ -415,9 +445,10 @@ fn step_line(r: &StepRow) -> String {
         r.min_ms,
         r.images_per_s,
         r.last_loss,
-        match &r.requested {
-            Some(req) => format!("  (reduced from {req})"),
-            None => String::new(),
+        match (&r.requested, r.reference_ms, r.ratio_to_reference) {
+            (Some(req), _, _) => format!("  (reduced from {req})"),
+            (None, Some(ms), Some(ratio)) => format!("  reference {ms:.2} ms, ratio {ratio:.2}"),
+            _ => String::new(),
         }
     )
 }
@@ -431,8 +462,16 @@ fn inference_header() -> String {
 
 fn inference_line(r: &InferenceRow) -> String {
     format!(
-        "{:<6} {:>6} {:>11.2} {:>11.1}",
-        r.device, r.batch, r.timing.median_ms, r.images_per_s
+        "{:<6} {:>6} {:>11.2} {:>11.1}{}",
+        r.device,
+        r.batch,
+        r.timing.median_ms,
+        r.images_per_s,
+        match (r.reference_images_per_s, r.ratio_to_reference) {
+            (Some(ips), Some(ratio)) =>
+                format!("  reference {ips:.1} images/s, ratio {ratio:.2} (time per image)"),
+            _ => String::new(),
+        }
     )
 }
 
@@ -559,11 +598,24 @@ pub fn run_bench(args: &BenchArgs) -> Result<BenchReport> {
         out.line(&format!("note: {n}"));
     }
 
+    let reference = args.reference.as_deref().map(Reference::load).transpose()?;
+    if let Some(r) = &reference {
+        out.line(&format!("reference: {}", r.describe()));
+    }
+    let known: Vec<String> = STEP_CONFIGS.iter().map(StepConfig::name).collect();
+    if let Some(bad) = args.config.iter().find(|c| !known.contains(c)) {
+        anyhow::bail!(
+            "--config: no step configuration '{bad}'; there are {}",
+            known.join(", ")
+        );
+    }
     let new_plan = || {
         let mut plan = Plan::new(args.quick, args.steps);
         if !args.only.is_empty() {
             plan.sections = args.only.clone();
         }
+        plan.configs = args.config.clone();
+        plan.reference = reference.clone();
         plan
     };
     if matches!(args.device, BenchDevice::Cpu | BenchDevice::All) {
@@ -669,7 +721,11 @@ fn bench_device<B: Backend + DeviceCeilings>(
             plan.steps,
             step_header()
         ));
-        for row in bench_steps(backend, plan) {
+        for mut row in bench_steps(backend, plan) {
+            if let Some(ms) = plan.reference.as_ref().and_then(|r| r.step_ms(&row)) {
+                row.reference_ms = Some(ms);
+                row.ratio_to_reference = Some(row.median_ms / ms);
+            }
             out.line(&step_line(&row));
             report.steps.push(row);
         }
@@ -678,7 +734,15 @@ fn bench_device<B: Backend + DeviceCeilings>(
 
     if plan.runs(Section::Inference) {
         out.line(&format!("\ninference\n{}", inference_header()));
-        let row = bench_inference(backend, plan);
+        let mut row = bench_inference(backend, plan);
+        if let Some(ips) = plan
+            .reference
+            .as_ref()
+            .and_then(|r| r.inference(&row.device))
+        {
+            row.reference_images_per_s = Some(ips);
+            row.ratio_to_reference = Some(ips / row.images_per_s);
+        }
         out.line(&inference_line(&row));
         report.inference.push(row);
         check(backend)?;
@@ -1004,6 +1068,50 @@ fn bench_kernels<B: Backend>(backend: &B, plan: &Plan, emit: &mut impl FnMut(Ker
             dev,
             "max_pool_backward",
             l,
+            shape.clone(),
+            t,
+            None,
+            Some(bytes),
+        ));
+
+        // The fused pair the model runs (on backends without a fused version: the ops above in
+        // sequence). Bytes: what the fused CPU version must move (statistics read plus the
+        // normalising read of x, the pooled write; backward: x twice, the routed gradient
+        // written and read, dx written, the pooled gradient read), so the GB/s compare.
+        let t = measure(
+            plan,
+            || {
+                backend.batch_norm_pool_train(
+                    &ps, &bn, &y, &gamma, &beta, &z, &pooled, &mean, &istd, &rmean, &rvar,
+                )
+            },
+            wait,
+        );
+        let bytes = f4(2 * ps.input_len() + ps.output_len() + 8 * c);
+        emit(row(
+            dev,
+            "batch_norm_pool_train",
+            l,
+            shape.clone(),
+            t,
+            None,
+            Some(bytes),
+        ));
+        let t = measure(
+            plan,
+            || {
+                backend.pool_batch_norm_backward(
+                    &ps, &bn, &y, &z, &gpooled, &gamma, &beta, &mean, &istd, &gz, &gy, &ggamma,
+                    &gbeta,
+                )
+            },
+            wait,
+        );
+        let bytes = f4(5 * ps.input_len() + 2 * ps.output_len() + 5 * c);
+        emit(row(
+            dev,
+            "pool_batch_norm_backward",
+            l,
             shape,
             t,
             None,
@@ -1234,6 +1342,9 @@ fn bench_steps<B: Backend>(backend: &B, plan: &Plan) -> Vec<StepRow> {
     let (params, stats) = init_params(&cfg, 0);
     let mut rows = vec![];
     for requested in STEP_CONFIGS {
+        if !plan.configs.is_empty() && !plan.configs.contains(&requested.name()) {
+            continue;
+        }
         let config = if plan.step_divisor > 1 {
             requested.reduced(plan.step_divisor)
         } else {
@@ -1319,6 +1430,8 @@ fn bench_steps<B: Backend>(backend: &B, plan: &Plan) -> Vec<StepRow> {
             images_per_step: images,
             images_per_s: images as f64 / med,
             last_loss,
+            reference_ms: None,
+            ratio_to_reference: None,
         });
     }
     rows
@@ -1349,5 +1462,115 @@ fn bench_inference<B: Backend>(backend: &B, plan: &Plan) -> InferenceRow {
         batch,
         images_per_s: batch as f64 / (timing.median_ms * 1e-3),
         timing,
+        reference_images_per_s: None,
+        ratio_to_reference: None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reference runs (`--reference`)
+
+/// The figures of a reference run (the PyTorch peer's speed records) that the step and
+/// inference rows compare with, keyed by fewshot's device kind ("cpu" or "gpu").
+#[derive(Clone, Debug, Default)]
+pub struct Reference {
+    pub source: String,
+    /// `(device, config) -> median ms`.
+    pub steps: Vec<((String, String), f64)>,
+    /// `device -> images/s` at 28x28x1.
+    pub inference: Vec<(String, f64)>,
+}
+
+impl Reference {
+    /// Reads the peer's suite JSON (`{"results": [...]}`), a JSON array of records, or JSON
+    /// lines (other lines are skipped). Records that fewshot has no counterpart for (other
+    /// sizes, the Koch loss, micro-kernels) are ignored.
+    pub fn load(path: &std::path::Path) -> Result<Reference> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("--reference {}: {e}", path.display()))?;
+        let records: Vec<serde_json::Value> = match serde_json::from_str(&text) {
+            Ok(serde_json::Value::Object(mut o)) => match o.remove("results") {
+                Some(serde_json::Value::Array(a)) => a,
+                _ => vec![serde_json::Value::Object(o)],
+            },
+            Ok(serde_json::Value::Array(a)) => a,
+            _ => text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l.trim()).ok())
+                .collect(),
+        };
+        let r = Reference::from_records(&path.display().to_string(), &records);
+        if r.steps.is_empty() && r.inference.is_empty() {
+            anyhow::bail!(
+                "--reference {}: no training-step or inference records at 28x28x1 found (expected \
+                 the output of fewshot_torch.py --mode speed)",
+                path.display()
+            );
+        }
+        Ok(r)
+    }
+
+    pub fn from_records(source: &str, records: &[serde_json::Value]) -> Reference {
+        let mut r = Reference {
+            source: source.to_string(),
+            ..Default::default()
+        };
+        for rec in records {
+            let num = |k: &str| rec[k].as_f64();
+            if num("channels").unwrap_or(1.0) != 1.0 || num("size").unwrap_or(28.0) != 28.0 {
+                continue;
+            }
+            let device = match rec["device"].as_str() {
+                Some("cpu") => "cpu",
+                Some(_) => "gpu",
+                None => continue,
+            }
+            .to_string();
+            match rec["kind"].as_str() {
+                Some("train_step") => {
+                    let int = |k: &str| rec[k].as_u64().unwrap_or(0);
+                    let config = match (rec["method"].as_str(), rec["loss"].as_str()) {
+                        (Some("protonet"), _) => {
+                            format!("protonet-{}w{}s{}q", int("way"), int("shot"), int("query"))
+                        }
+                        (Some("siamese"), Some("contrastive")) => {
+                            format!("siamese-{}", int("pairs"))
+                        }
+                        _ => continue,
+                    };
+                    if let Some(s) = num("median_s") {
+                        r.steps.push(((device, config), s * 1e3));
+                    }
+                }
+                Some("inference") => {
+                    if let Some(ips) = num("images_per_s") {
+                        r.inference.push((device, ips));
+                    }
+                }
+                _ => {}
+            }
+        }
+        r
+    }
+
+    fn step_ms(&self, row: &StepRow) -> Option<f64> {
+        let key = (row.device.clone(), row.config.clone());
+        self.steps.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+    }
+
+    fn inference(&self, device: &str) -> Option<f64> {
+        self.inference
+            .iter()
+            .find(|(d, _)| d == device)
+            .map(|(_, v)| *v)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} ({} step records, {} inference records)",
+            self.source,
+            self.steps.len(),
+            self.inference.len()
+        )
     }
 }

@@ -92,3 +92,76 @@ fn bench_quick_cpu_reports_every_step_config() {
     assert_eq!(inference.len(), 1);
     assert!(inference[0]["images_per_s"].as_f64().unwrap_or(0.0) > 0.0);
 }
+
+/// `--config` picks step configurations and `--reference` adds the PyTorch peer's figures and
+/// the ratios; an unknown config or an unusable reference file is a clear error.
+#[test]
+fn bench_reference_adds_ratios_and_config_selects_steps() {
+    let dir = std::env::temp_dir().join(format!("fewshot-bench-ref-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The peer's suite format: a koch record and an 84x84 record have no counterpart.
+    let suite = serde_json::json!({"results": [
+        {"kind": "train_step", "device": "cpu", "method": "protonet", "channels": 1, "size": 28,
+         "way": 5, "shot": 1, "query": 15, "median_s": 0.25},
+        {"kind": "train_step", "device": "cpu", "method": "siamese", "loss": "koch",
+         "channels": 1, "size": 28, "pairs": 128, "median_s": 9.0},
+        {"kind": "train_step", "device": "cpu", "method": "protonet", "channels": 3, "size": 84,
+         "way": 5, "shot": 1, "query": 15, "median_s": 9.0},
+        {"kind": "inference", "device": "cpu", "images": 1000, "channels": 1, "size": 28,
+         "images_per_s": 1000.0},
+    ]});
+    let file = dir.join("torch.json");
+    std::fs::write(&file, suite.to_string()).unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["bench", "--device", "cpu", "--quick", "--steps", "1"];
+        args.extend_from_slice(extra);
+        Command::new(env!("CARGO_BIN_EXE_fewshot"))
+            .args(&args)
+            .output()
+            .expect("run fewshot bench")
+    };
+    let out = run(&[
+        "--only",
+        "steps,inference",
+        "--config",
+        "protonet-5w1s15q",
+        "--reference",
+        file.to_str().unwrap(),
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "fewshot bench failed:\n{stderr}");
+    assert!(stderr.contains("reference 250.00 ms, ratio"), "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+    let steps = report["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 1, "{steps:?}");
+    let s = &steps[0];
+    assert_eq!(s["config"], "protonet-5w1s15q");
+    assert_eq!(s["reference_ms"], 250.0);
+    let ratio = s["ratio_to_reference"].as_f64().unwrap();
+    let want = s["median_ms"].as_f64().unwrap() / 250.0;
+    assert!((ratio - want).abs() < 1e-12, "{ratio} vs {want}");
+    let inf = &report["inference"][0];
+    assert_eq!(inf["reference_images_per_s"], 1000.0);
+    let want = 1000.0 / inf["images_per_s"].as_f64().unwrap();
+    assert!((inf["ratio_to_reference"].as_f64().unwrap() - want).abs() < 1e-12);
+
+    let out = run(&["--only", "steps", "--config", "protonet-7w1s1q"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("protonet-7w1s1q"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("protonet-5w1s15q") && !stderr.contains("panicked"));
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, "{\"hello\": 1}").unwrap();
+    let out = run(&["--only", "steps", "--reference", bad.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("bad.json"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("no training-step"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -242,6 +242,14 @@ fn bad_input_gives_clear_errors() {
         out,
     ]);
     assert_clean_error(&o, &["/nonexistent/fewshot-data"]);
+    // An empty dataset folder, in both layouts.
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    for kind in ["folder", "omniglot"] {
+        let ds = format!("{kind}:{}", empty.display());
+        let o = fewshot(&["train", "--device", "cpu", "--dataset", &ds, "--out", out]);
+        assert_clean_error(&o, &[empty.to_str().unwrap(), "found"]);
+    }
     // Unknown dataset kind.
     let o = fewshot(&[
         "train",
@@ -270,8 +278,11 @@ fn bad_input_gives_clear_errors() {
     let ds = format!("folder:{}", folder.display());
     let o = fewshot(&["train", "--device", "cpu", "--dataset", &ds, "--out", out]);
     assert_clean_error(&o, &["broken.png"]);
-    // Too few classes for the way.
+    // Too few classes for the way. Files that are not images in class folders (and at the
+    // top) are ignored, counted in one warning.
     std::fs::remove_file(folder.join("c3").join("broken.png")).unwrap();
+    std::fs::write(folder.join("c1").join("notes.txt"), "not an image").unwrap();
+    std::fs::write(folder.join("README"), "not a class").unwrap();
     let o = fewshot(&[
         "train",
         "--device",
@@ -283,7 +294,31 @@ fn bad_input_gives_clear_errors() {
         "--out",
         out,
     ]);
-    assert_clean_error(&o, &["20"]);
+    assert_clean_error(&o, &["20-way episodes need 20 classes", "of the 4 classes"]);
+    let err = stderr(&o);
+    assert_eq!(
+        err.matches("ignored 2 entries").count(),
+        1,
+        "one warning counting the two non-image files:\n{err}"
+    );
+    // Shot + query above the images per class (4 here): every class is left out, and the
+    // error says how many have enough.
+    let o = fewshot(&[
+        "train",
+        "--device",
+        "cpu",
+        "--dataset",
+        &ds,
+        "--way",
+        "3",
+        "--shot",
+        "3",
+        "--query",
+        "2",
+        "--out",
+        out,
+    ]);
+    assert_clean_error(&o, &["shot + query = 5 images", "only 0 of the 4 classes"]);
     // Invalid flag combinations.
     let o = fewshot(&["train", "--device", "cpu", "--loss", "koch", "--out", out]);
     assert_clean_error(&o, &["--loss"]);

@@ -459,8 +459,39 @@ fn run_all(seed: u64) -> Vec<Vec<u32>> {
     fast_norm::max_pool_forward(&pool, &t.output, &mut y);
     let mut gx = vec![f32::NAN; pool.input_len()];
     fast_norm::max_pool_backward(&pool, &t.output, &y, &mut gx);
+    let fused = fused_train(&pool, &p, &i);
+    let (mut fdx, mut fdg, mut fdb) = (vec![f32::NAN; s.len()], vec![0.0; 64], vec![0.0; 64]);
+    let mut scratch = vec![f32::NAN; s.len()];
+    fast_norm::pool_batch_norm_backward(
+        &pool,
+        &p,
+        &i.x,
+        &y,
+        &i.gamma,
+        &i.beta,
+        &t.mean,
+        &t.inv_std,
+        &mut scratch,
+        &mut fdx,
+        &mut fdg,
+        &mut fdb,
+    );
     [
-        t.output, t.mean, t.inv_std, t.rm, t.rv, ev, dx, dg, db, y, gx,
+        t.output,
+        t.mean,
+        t.inv_std,
+        t.rm,
+        t.rv,
+        ev,
+        dx,
+        dg,
+        db,
+        y,
+        gx,
+        fused.output,
+        fdx,
+        fdg,
+        fdb,
     ]
     .iter()
     .map(|v| bits(v))
@@ -688,6 +719,135 @@ fn cpu_copy_between_buffers_and_within_one() {
                 want,
                 "copy within, {from} -> {to}, len {len}"
             );
+        }
+    }
+}
+
+/// Outputs of the fused forward (pooled, saved statistics, running statistics).
+fn fused_train(s: &PoolShape, p: &BatchNorm, i: &TrainIn) -> TrainOut<f32> {
+    let c = s.channels;
+    let mut o = TrainOut {
+        output: vec![f32::NAN; s.output_len()],
+        mean: vec![f32::NAN; c],
+        inv_std: vec![f32::NAN; c],
+        rm: i.rm.clone(),
+        rv: i.rv.clone(),
+    };
+    fast_norm::batch_norm_pool_train(
+        s,
+        p,
+        &i.x,
+        &i.gamma,
+        &i.beta,
+        &mut o.output,
+        &mut o.mean,
+        &mut o.inv_std,
+        &mut o.rm,
+        &mut o.rv,
+    );
+    o
+}
+
+/// The fused batch norm (+ ReLU) + max-pool (forward, eval, backward) against the same ops in
+/// sequence: the fast unfused ops (forward bitwise: the same formula and statistics; backward
+/// within the f32 bound: its sums run in another order) and the plain references (f32 and
+/// f64). The backward's f64 reference routes by the f32 forward's winners (a near-tie can
+/// order differently in f64, which would move a whole gradient to another element).
+#[test]
+fn fused_batch_norm_pool_matches_the_ops_in_sequence() {
+    let mut rng = rng(8);
+    let mut shapes = pool_shapes();
+    shapes.push(ps(5, 16, 28, 28));
+    for s in shapes {
+        let n = s.norm_shape();
+        for relu in [false, true] {
+            let p = settings(relu);
+            let tag = format!("fused {s:?} relu={relu}");
+            let i = train_inputs(&mut rng, &n);
+
+            // Forward, training mode.
+            let fused = fused_train(&s, &p, &i);
+            let seq = train_fast(&n, &p, &i);
+            let mut seq_pooled = vec![f32::NAN; s.output_len()];
+            fast_norm::max_pool_forward(&s, &seq.output, &mut seq_pooled);
+            assert_eq!(bits(&fused.output), bits(&seq_pooled), "{tag}: pooled");
+            for (what, a, b) in [
+                ("saved_mean", &fused.mean, &seq.mean),
+                ("saved_inv_std", &fused.inv_std, &seq.inv_std),
+                ("running_mean", &fused.rm, &seq.rm),
+                ("running_var", &fused.rv, &seq.rv),
+            ] {
+                assert_eq!(bits(a), bits(b), "{tag}: {what}");
+            }
+            let r32 = train_ref(&n, &p, &i.x, &i.gamma, &i.beta, &i.rm, &i.rv);
+            let r64 = train_ref64(&n, &p, &i);
+            let mut p32 = vec![f32::NAN; s.output_len()];
+            max_pool::max_pool_forward(&s, &r32.output, &mut p32);
+            let mut p64 = vec![f64::NAN; s.output_len()];
+            max_pool::max_pool_forward(&s, &r64.output, &mut p64);
+            check(&format!("{tag} pooled"), &fused.output, &p32, &p64);
+
+            // Forward, eval mode.
+            let mut ev = vec![f32::NAN; s.output_len()];
+            fast_norm::batch_norm_pool_eval(&s, &p, &i.x, &i.gamma, &i.beta, &i.rm, &i.rv, &mut ev);
+            let mut y = vec![f32::NAN; n.len()];
+            fast_norm::batch_norm_eval(&n, &p, &i.x, &i.gamma, &i.beta, &i.rm, &i.rv, &mut y);
+            let mut want = vec![f32::NAN; s.output_len()];
+            fast_norm::max_pool_forward(&s, &y, &mut want);
+            assert_eq!(bits(&ev), bits(&want), "{tag}: eval pooled");
+
+            // Backward.
+            let g = data(&mut rng, s.output_len(), 0.1, 1.0);
+            let c = s.channels;
+            let (mut dx, mut dg, mut db) = (
+                vec![f32::NAN; n.len()],
+                vec![f32::NAN; c],
+                vec![f32::NAN; c],
+            );
+            let mut scratch = vec![f32::NAN; n.len()];
+            fast_norm::pool_batch_norm_backward(
+                &s,
+                &p,
+                &i.x,
+                &g,
+                &i.gamma,
+                &i.beta,
+                &fused.mean,
+                &fused.inv_std,
+                &mut scratch,
+                &mut dx,
+                &mut dg,
+                &mut db,
+            );
+            let mut dy = vec![f32::NAN; n.len()];
+            fast_norm::max_pool_backward(&s, &seq.output, &g, &mut dy);
+            let b = BackIn {
+                train: TrainIn {
+                    x: i.x.clone(),
+                    gamma: i.gamma.clone(),
+                    beta: i.beta.clone(),
+                    rm: i.rm.clone(),
+                    rv: i.rv.clone(),
+                },
+                fwd: seq,
+                dy,
+            };
+            let fast_seq = back_fast(&n, &p, &b);
+            let r32 = back_ref(&n, &p, |v| v.to_vec(), &b);
+            let r64 = back_ref(&n, &p, to64, &b);
+            for (what, f, q, a, r) in [
+                ("grad_input", &dx, &fast_seq.0, &r32.0, &r64.0),
+                ("grad_gamma", &dg, &fast_seq.1, &r32.1, &r64.1),
+                ("grad_beta", &db, &fast_seq.2, &r32.2, &r64.2),
+            ] {
+                assert_close(
+                    &format!("{tag} {what} (fused vs fast ops)"),
+                    f,
+                    q,
+                    F32_TOLERANCE,
+                );
+                check(&format!("{tag} {what}"), f, a, r);
+            }
         }
     }
 }

@@ -154,6 +154,38 @@ fn affine(x: &[f32], y: &mut [f32], mean: f32, scale: f32, shift: f32, relu: boo
     }
 }
 
+/// The batch statistics of training mode: saved mean and inverse standard deviation, and the
+/// running statistics' momentum update (unbiased variance), one rayon task per channel.
+fn train_stats(
+    s: &NormShape,
+    p: &BatchNorm,
+    input: &[f32],
+    saved_mean: &mut [f32],
+    saved_inv_std: &mut [f32],
+    running_mean: &mut [f32],
+    running_var: &mut [f32],
+) {
+    let n = s.batch * s.spatial;
+    let (eps, m) = (p.eps as f64, p.momentum as f64);
+    saved_mean
+        .par_iter_mut()
+        .zip(saved_inv_std.par_iter_mut())
+        .zip(running_mean.par_iter_mut().zip(running_var.par_iter_mut()))
+        .enumerate()
+        .for_each(|(c, ((mean_out, inv_std_out), (rm, rv)))| {
+            let (mean, var) = channel_stats(s, input, c);
+            *mean_out = mean as f32;
+            *inv_std_out = (1.0 / (var + eps).sqrt()) as f32;
+            let unbiased = if n > 1 {
+                var * n as f64 / (n - 1) as f64
+            } else {
+                var
+            };
+            *rm = ((1.0 - m) * *rm as f64 + m * mean) as f32;
+            *rv = ((1.0 - m) * *rv as f64 + m * unbiased) as f32;
+        });
+}
+
 /// Training-mode forward; semantics of [`crate::cpu::batch_norm::batch_norm_train`].
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_train(
@@ -181,25 +213,15 @@ pub fn batch_norm_train(
             running_var.len(),
         ],
     );
-    let n = s.batch * s.spatial;
-    let (eps, m) = (p.eps as f64, p.momentum as f64);
-    saved_mean
-        .par_iter_mut()
-        .zip(saved_inv_std.par_iter_mut())
-        .zip(running_mean.par_iter_mut().zip(running_var.par_iter_mut()))
-        .enumerate()
-        .for_each(|(c, ((mean_out, inv_std_out), (rm, rv)))| {
-            let (mean, var) = channel_stats(s, input, c);
-            *mean_out = mean as f32;
-            *inv_std_out = (1.0 / (var + eps).sqrt()) as f32;
-            let unbiased = if n > 1 {
-                var * n as f64 / (n - 1) as f64
-            } else {
-                var
-            };
-            *rm = ((1.0 - m) * *rm as f64 + m * mean) as f32;
-            *rv = ((1.0 - m) * *rv as f64 + m * unbiased) as f32;
-        });
+    train_stats(
+        s,
+        p,
+        input,
+        saved_mean,
+        saved_inv_std,
+        running_mean,
+        running_var,
+    );
     if output.is_empty() {
         return;
     }
@@ -448,19 +470,23 @@ pub fn max_pool_forward(s: &PoolShape, input: &[f32], output: &mut [f32]) {
         .par_chunks_mut(plane_out)
         .zip(input.par_chunks(plane_in))
         .with_min_len(planes_per_task(plane_in))
-        .for_each(|(y, x)| {
-            for (oy, yr) in y.chunks_exact_mut(ow).enumerate() {
-                let r0 = &x[2 * oy * w..][..2 * ow];
-                let r1 = &x[(2 * oy + 1) * w..][..2 * ow];
-                for ((y, p0), p1) in yr
-                    .iter_mut()
-                    .zip(r0.chunks_exact(2))
-                    .zip(r1.chunks_exact(2))
-                {
-                    *y = first_max(p0[0], p0[1], p1[0], p1[1]);
-                }
-            }
-        });
+        .for_each(|(y, x)| pool_plane(w, ow, x, y));
+}
+
+/// Max-pool of one plane `x` (`w` wide) into `y` (`ow` wide).
+#[inline]
+fn pool_plane(w: usize, ow: usize, x: &[f32], y: &mut [f32]) {
+    for (oy, yr) in y.chunks_exact_mut(ow).enumerate() {
+        let r0 = &x[2 * oy * w..][..2 * ow];
+        let r1 = &x[(2 * oy + 1) * w..][..2 * ow];
+        for ((y, p0), p1) in yr
+            .iter_mut()
+            .zip(r0.chunks_exact(2))
+            .zip(r1.chunks_exact(2))
+        {
+            *y = first_max(p0[0], p0[1], p1[0], p1[1]);
+        }
+    }
 }
 
 /// The gradient `g` of one window `[a, b; c, d]` routed to its first maximum (row-major,
@@ -577,19 +603,281 @@ pub fn max_pool_backward(
                 .zip(grad_output.par_chunks(plane_out)),
         )
         .with_min_len(planes_per_task(plane_in))
-        .for_each(|(dx, (x, dy))| {
-            for (oy, dyr) in dy.chunks_exact(ow).enumerate() {
-                let r0 = &x[2 * oy * w..][..2 * ow];
-                let r1 = &x[(2 * oy + 1) * w..][..2 * ow];
-                let (d0, d1) = dx[2 * oy * w..(2 * oy + 2) * w].split_at_mut(w);
-                route_row(r0, r1, dyr, &mut d0[..2 * ow], &mut d1[..2 * ow]);
-                if w % 2 == 1 {
-                    d0[w - 1] = 0.0;
-                    d1[w - 1] = 0.0;
+        .for_each(|(dx, (x, dy))| route_plane(h, w, ow, x, dy, dx));
+}
+
+/// Max-pool backward of one plane: `x` (`h` x `w`), pooled gradient `dy` (`ow` wide), every
+/// element of `dx` written.
+#[inline]
+fn route_plane(h: usize, w: usize, ow: usize, x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    for (oy, dyr) in dy.chunks_exact(ow).enumerate() {
+        let r0 = &x[2 * oy * w..][..2 * ow];
+        let r1 = &x[(2 * oy + 1) * w..][..2 * ow];
+        let (d0, d1) = dx[2 * oy * w..(2 * oy + 2) * w].split_at_mut(w);
+        route_row(r0, r1, dyr, &mut d0[..2 * ow], &mut d1[..2 * ow]);
+        if w % 2 == 1 {
+            d0[w - 1] = 0.0;
+            d1[w - 1] = 0.0;
+        }
+    }
+    if h % 2 == 1 {
+        dx[(h - 1) * w..].fill(0.0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batch norm (+ ReLU) and 2x2 max-pool, fused
+//
+// The unfused ops write the batch-norm output `y` (as large as the convolution output), read
+// it back to pool, then in the backward write the routed gradient `dy` (as large again) and
+// read `x`, `y` and `dy` twice more. Fused, the forward reads `x` for the statistics and once
+// more to write only the pooled map; the backward recomputes `y` from `x` (the same formula
+// and statistics, so bit for bit the values the forward pooled) where it needs the winners
+// and the ReLU mask: two reads of `x` and a quarter-size gradient, one write of `dx`.
+
+/// Per-channel `(mean, scale, shift)` of the normalisation `y = (x - mean) * scale + shift`.
+type Coefficients<'a> = &'a (dyn Fn(usize) -> (f32, f32, f32) + Sync);
+
+/// `pooled = max_pool(norm(input))` plane by plane, `norm` given by `coef` per channel.
+fn norm_pool(s: &PoolShape, relu: bool, input: &[f32], pooled: &mut [f32], coef: Coefficients) {
+    let (w, oh, ow) = (s.width, s.out_height(), s.out_width());
+    let (plane_in, plane_out) = (s.height * w, oh * ow);
+    if pooled.is_empty() {
+        return;
+    }
+    pooled
+        .par_chunks_mut(plane_out)
+        .zip(input.par_chunks(plane_in))
+        .enumerate()
+        .with_min_len(planes_per_task(plane_in))
+        .for_each_init(
+            || vec![0f32; plane_in],
+            |y, (i, (pooled, x))| {
+                let (mean, scale, shift) = coef(i % s.channels);
+                affine(x, y, mean, scale, shift, relu);
+                pool_plane(w, ow, y, pooled);
+            },
+        );
+}
+
+/// Training-mode batch norm (+ ReLU when `p.relu`) and max-pool in one op: the statistics and
+/// `pooled` of [`batch_norm_train`] followed by [`max_pool_forward`], without writing the
+/// batch-norm output.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_pool_train(
+    s: &PoolShape,
+    p: &BatchNorm,
+    input: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    pooled: &mut [f32],
+    saved_mean: &mut [f32],
+    saved_inv_std: &mut [f32],
+    running_mean: &mut [f32],
+    running_var: &mut [f32],
+) {
+    let ns = s.norm_shape();
+    check_norm(
+        &ns,
+        "batch_norm_pool_train",
+        &[input.len()],
+        &[
+            gamma.len(),
+            beta.len(),
+            saved_mean.len(),
+            saved_inv_std.len(),
+            running_mean.len(),
+            running_var.len(),
+        ],
+    );
+    assert_eq!(
+        pooled.len(),
+        s.output_len(),
+        "batch_norm_pool_train: pooled length"
+    );
+    train_stats(
+        &ns,
+        p,
+        input,
+        saved_mean,
+        saved_inv_std,
+        running_mean,
+        running_var,
+    );
+    let (mean, inv_std) = (&*saved_mean, &*saved_inv_std);
+    norm_pool(s, p.relu, input, pooled, &|c| {
+        (mean[c], gamma[c] * inv_std[c], beta[c])
+    });
+}
+
+/// Evaluation-mode batch norm (+ ReLU) and max-pool in one op: [`batch_norm_eval`] followed
+/// by [`max_pool_forward`], without writing the batch-norm output.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_pool_eval(
+    s: &PoolShape,
+    p: &BatchNorm,
+    input: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    running_mean: &[f32],
+    running_var: &[f32],
+    pooled: &mut [f32],
+) {
+    let ns = s.norm_shape();
+    check_norm(
+        &ns,
+        "batch_norm_pool_eval",
+        &[input.len()],
+        &[
+            gamma.len(),
+            beta.len(),
+            running_mean.len(),
+            running_var.len(),
+        ],
+    );
+    assert_eq!(
+        pooled.len(),
+        s.output_len(),
+        "batch_norm_pool_eval: pooled length"
+    );
+    norm_pool(s, p.relu, input, pooled, &|c| {
+        (
+            running_mean[c],
+            gamma[c] / (running_var[c] + p.eps).sqrt(),
+            beta[c],
+        )
+    });
+}
+
+/// The gradient reaching the batch-norm input plane `x`: each pooled gradient of `g` routed
+/// to its window's first maximum of the recomputed output `y`, through the ReLU mask; zero
+/// outside every window. `y` and `d` are plane-sized scratch.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn routed_plane(
+    s: &PoolShape,
+    x: &[f32],
+    g: &[f32],
+    (mean, scale, shift): (f32, f32, f32),
+    relu: bool,
+    y: &mut [f32],
+    d: &mut [f32],
+) {
+    affine(x, y, mean, scale, shift, relu);
+    route_plane(s.height, s.width, s.out_width(), y, g, d);
+    if relu {
+        for (d, &y) in d.iter_mut().zip(y.iter()) {
+            *d = keep(*d, y > 0.0);
+        }
+    }
+}
+
+/// Backward of [`batch_norm_pool_train`]: [`max_pool_backward`] (on the batch-norm output,
+/// recomputed plane by plane in cache) followed by [`batch_norm_backward`]. The routed
+/// gradient goes to `grad_output` (scratch) in the same pass that sums it, so the full-size
+/// batch-norm output is never read.
+#[allow(clippy::too_many_arguments)]
+pub fn pool_batch_norm_backward(
+    s: &PoolShape,
+    p: &BatchNorm,
+    input: &[f32],
+    grad_pooled: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    saved_mean: &[f32],
+    saved_inv_std: &[f32],
+    grad_output: &mut [f32],
+    grad_input: &mut [f32],
+    grad_gamma: &mut [f32],
+    grad_beta: &mut [f32],
+) {
+    let ns = s.norm_shape();
+    check_norm(
+        &ns,
+        "pool_batch_norm_backward",
+        &[input.len(), grad_output.len(), grad_input.len()],
+        &[
+            gamma.len(),
+            beta.len(),
+            saved_mean.len(),
+            saved_inv_std.len(),
+            grad_gamma.len(),
+            grad_beta.len(),
+        ],
+    );
+    assert_eq!(
+        grad_pooled.len(),
+        s.output_len(),
+        "pool_batch_norm_backward: grad_pooled length"
+    );
+    let (plane_in, plane_out) = (s.height * s.width, s.out_height() * s.out_width());
+    if grad_pooled.is_empty() {
+        // No windows, no gradient: every term of the batch-norm backward is zero.
+        grad_gamma.fill(0.0);
+        grad_beta.fill(0.0);
+        grad_input.fill(0.0);
+        return;
+    }
+    let relu = p.relu;
+    let coef = |c: usize| (saved_mean[c], gamma[c] * saved_inv_std[c], beta[c]);
+    // 1. Per plane: the routed gradient, and its partial sums sum(g) and sum(g * (x - mean)).
+    let mut partial = vec![(0f64, 0f64); s.batch * s.channels];
+    grad_output
+        .par_chunks_mut(plane_in)
+        .zip(input.par_chunks(plane_in))
+        .zip(
+            grad_pooled
+                .par_chunks(plane_out)
+                .zip(partial.par_iter_mut()),
+        )
+        .enumerate()
+        .with_min_len(planes_per_task(plane_in))
+        .for_each_init(
+            || vec![0f32; 2 * plane_in],
+            |buf, (i, ((d, x), (g, part)))| {
+                let c = i % s.channels;
+                let (y, gx) = buf.split_at_mut(plane_in);
+                routed_plane(s, x, g, coef(c), relu, y, d);
+                let mean = saved_mean[c];
+                for ((gx, &d), &x) in gx.iter_mut().zip(&*d).zip(x) {
+                    *gx = d * (x - mean);
                 }
-            }
-            if h % 2 == 1 {
-                dx[(h - 1) * w..].fill(0.0);
+                let (mut sg, mut sgx) = (Acc::new(), Acc::new());
+                sum_run::<false>(d, 0.0, &mut sg);
+                sum_run::<false>(gx, 0.0, &mut sgx);
+                *part = (sg.total(), sgx.total());
+            },
+        );
+    // Per channel, the planes' sums in image order (fixed: deterministic).
+    for c in 0..s.channels {
+        let (mut sg, mut sgx) = (0f64, 0f64);
+        for b in 0..s.batch {
+            let (g, gx) = partial[b * s.channels + c];
+            sg += g;
+            sgx += gx;
+        }
+        grad_beta[c] = sg as f32;
+        grad_gamma[c] = (sgx * saved_inv_std[c] as f64) as f32;
+    }
+    // 2. Elementwise, per plane, in `batch_norm_backward`'s form.
+    let nf = (s.batch * plane_in) as f32;
+    let (grad_gamma, grad_beta) = (&*grad_gamma, &*grad_beta);
+    grad_input
+        .par_chunks_mut(plane_in)
+        .zip(
+            input
+                .par_chunks(plane_in)
+                .zip(grad_output.par_chunks(plane_in)),
+        )
+        .enumerate()
+        .with_min_len(planes_per_task(plane_in))
+        .for_each(|(i, (dx, (x, d)))| {
+            let c = i % s.channels;
+            let (mean, inv_std) = (saved_mean[c], saved_inv_std[c]);
+            let scale = gamma[c] * inv_std / nf;
+            let (sum_g, k) = (grad_beta[c], inv_std * grad_gamma[c]);
+            for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(d) {
+                *dx = scale * (nf * g - sum_g - (x - mean) * k);
             }
         });
 }

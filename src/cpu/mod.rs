@@ -365,6 +365,103 @@ impl Backend for Cpu {
             &mut grad_input.get_mut(),
         )
     }
+    fn fuses_norm_pool(&self) -> bool {
+        true
+    }
+    fn batch_norm_pool_train(
+        &self,
+        s: &PoolShape,
+        p: &BatchNorm,
+        input: &CpuTensor,
+        gamma: &CpuTensor,
+        beta: &CpuTensor,
+        _output: &CpuTensor,
+        pooled: &CpuTensor,
+        saved_mean: &CpuTensor,
+        saved_inv_std: &CpuTensor,
+        running_mean: &CpuTensor,
+        running_var: &CpuTensor,
+    ) {
+        let (input, gamma, beta) = (input.get(), gamma.get(), beta.get());
+        let mut pooled = pooled.get_mut();
+        with_two_mut(saved_mean, saved_inv_std, |mean, inv_std| {
+            with_two_mut(running_mean, running_var, |rm, rv| {
+                fast_norm::batch_norm_pool_train(
+                    s,
+                    p,
+                    &input,
+                    &gamma,
+                    &beta,
+                    &mut pooled,
+                    mean,
+                    inv_std,
+                    rm,
+                    rv,
+                )
+            })
+        })
+    }
+    fn batch_norm_pool_eval(
+        &self,
+        s: &PoolShape,
+        p: &BatchNorm,
+        input: &CpuTensor,
+        gamma: &CpuTensor,
+        beta: &CpuTensor,
+        running_mean: &CpuTensor,
+        running_var: &CpuTensor,
+        _output: &CpuTensor,
+        pooled: &CpuTensor,
+    ) {
+        fast_norm::batch_norm_pool_eval(
+            s,
+            p,
+            &input.get(),
+            &gamma.get(),
+            &beta.get(),
+            &running_mean.get(),
+            &running_var.get(),
+            &mut pooled.get_mut(),
+        )
+    }
+    fn pool_batch_norm_backward(
+        &self,
+        s: &PoolShape,
+        p: &BatchNorm,
+        input: &CpuTensor,
+        _output: &CpuTensor,
+        grad_pooled: &CpuTensor,
+        gamma: &CpuTensor,
+        beta: &CpuTensor,
+        saved_mean: &CpuTensor,
+        saved_inv_std: &CpuTensor,
+        grad_output: &CpuTensor,
+        grad_input: &CpuTensor,
+        grad_gamma: &CpuTensor,
+        grad_beta: &CpuTensor,
+    ) {
+        let (input, grad_pooled) = (input.get(), grad_pooled.get());
+        let (gamma, beta) = (gamma.get(), beta.get());
+        let (mean, inv_std) = (saved_mean.get(), saved_inv_std.get());
+        let mut grad_output = grad_output.get_mut();
+        let mut grad_input = grad_input.get_mut();
+        with_two_mut(grad_gamma, grad_beta, |gg, gb| {
+            fast_norm::pool_batch_norm_backward(
+                s,
+                p,
+                &input,
+                &grad_pooled,
+                &gamma,
+                &beta,
+                &mean,
+                &inv_std,
+                &mut grad_output,
+                &mut grad_input,
+                gg,
+                gb,
+            )
+        })
+    }
     fn pairwise_sq_dist(
         &self,
         rows_a: usize,

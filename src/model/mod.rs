@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::ops::{Backend, BatchNorm, ConvShape, NormShape, PoolShape};
+use crate::ops::{Backend, BatchNorm, ConvShape, PoolShape};
 
 /// Architecture of the embedding (stored in checkpoints).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -334,8 +334,15 @@ impl<B: Backend> Conv4<B> {
             let s = self.cfg.size_at(b);
             let conv_len = batch * self.cfg.hidden * s * s;
             let pooled_len = batch * self.cfg.hidden * (s / 2) * (s / 2);
+            // The batch-norm output is scratch of the fused norm + pool ops, unused (and not
+            // allocated) on backends that recompute it.
+            let scratch_len = if backend.fuses_norm_pool() {
+                0
+            } else {
+                conv_len
+            };
             a.conv_out.push(backend.zeros(conv_len));
-            a.bn_out.push(backend.zeros(conv_len));
+            a.bn_out.push(backend.zeros(scratch_len));
             a.pooled.push(backend.zeros(pooled_len));
             a.saved_mean.push(backend.zeros(self.cfg.hidden));
             a.saved_inv_std.push(backend.zeros(self.cfg.hidden));
@@ -366,47 +373,43 @@ impl<B: Backend> Conv4<B> {
                 &self.param(backend, &format!("blocks.{b}.conv.bias")),
                 &act.conv_out[b],
             );
-            let ns = NormShape {
-                batch: n,
-                channels: cs.out_channels,
-                spatial: cs.height * cs.width,
-            };
-            let gamma = self.param(backend, &format!("blocks.{b}.bn.weight"));
-            let beta = self.param(backend, &format!("blocks.{b}.bn.bias"));
-            let rm = self.stat(backend, &format!("blocks.{b}.bn.running_mean"));
-            let rv = self.stat(backend, &format!("blocks.{b}.bn.running_var"));
-            if training {
-                backend.batch_norm_train(
-                    &ns,
-                    &self.bn,
-                    &act.conv_out[b],
-                    &gamma,
-                    &beta,
-                    &act.bn_out[b],
-                    &act.saved_mean[b],
-                    &act.saved_inv_std[b],
-                    &rm,
-                    &rv,
-                );
-            } else {
-                backend.batch_norm_eval(
-                    &ns,
-                    &self.bn,
-                    &act.conv_out[b],
-                    &gamma,
-                    &beta,
-                    &rm,
-                    &rv,
-                    &act.bn_out[b],
-                );
-            }
             let ps = PoolShape {
                 batch: n,
                 channels: cs.out_channels,
                 height: cs.height,
                 width: cs.width,
             };
-            backend.max_pool_forward(&ps, &act.bn_out[b], &act.pooled[b]);
+            let gamma = self.param(backend, &format!("blocks.{b}.bn.weight"));
+            let beta = self.param(backend, &format!("blocks.{b}.bn.bias"));
+            let rm = self.stat(backend, &format!("blocks.{b}.bn.running_mean"));
+            let rv = self.stat(backend, &format!("blocks.{b}.bn.running_var"));
+            if training {
+                backend.batch_norm_pool_train(
+                    &ps,
+                    &self.bn,
+                    &act.conv_out[b],
+                    &gamma,
+                    &beta,
+                    &act.bn_out[b],
+                    &act.pooled[b],
+                    &act.saved_mean[b],
+                    &act.saved_inv_std[b],
+                    &rm,
+                    &rv,
+                );
+            } else {
+                backend.batch_norm_pool_eval(
+                    &ps,
+                    &self.bn,
+                    &act.conv_out[b],
+                    &gamma,
+                    &beta,
+                    &rm,
+                    &rv,
+                    &act.bn_out[b],
+                    &act.pooled[b],
+                );
+            }
         }
     }
 
@@ -421,26 +424,17 @@ impl<B: Backend> Conv4<B> {
                 height: cs.height,
                 width: cs.width,
             };
-            backend.max_pool_backward(
+            backend.pool_batch_norm_backward(
                 &ps,
-                &act.bn_out[b],
-                &act.grad_pooled[b],
-                &act.grad_bn_out[b],
-            );
-            let ns = NormShape {
-                batch: n,
-                channels: cs.out_channels,
-                spatial: cs.height * cs.width,
-            };
-            backend.batch_norm_backward(
-                &ns,
                 &self.bn,
                 &act.conv_out[b],
                 &act.bn_out[b],
-                &act.grad_bn_out[b],
+                &act.grad_pooled[b],
                 &self.param(backend, &format!("blocks.{b}.bn.weight")),
+                &self.param(backend, &format!("blocks.{b}.bn.bias")),
                 &act.saved_mean[b],
                 &act.saved_inv_std[b],
+                &act.grad_bn_out[b],
                 &act.grad_conv_out[b],
                 &self.grad(backend, &format!("blocks.{b}.bn.weight")),
                 &self.grad(backend, &format!("blocks.{b}.bn.bias")),
