@@ -23,7 +23,7 @@ use rayon::prelude::*;
 use crate::ops::ConvShape;
 
 /// Columns per gemm we aim for: small feature maps are batched across images up to this width.
-const TARGET_COLUMNS: usize = 512;
+const TARGET_COLUMNS: usize = 256;
 /// Most partial weight gradients summed at the end of the backward-weight pass.
 const MAX_GROUPS: usize = 32;
 
@@ -193,10 +193,11 @@ fn im2col_same(g: &Geom, nb: usize, input: &[f32], cols: &mut [f32]) {
                         dst[t0..t1].copy_from_slice(&plane[s0..s0 + (t1 - t0)]);
                     }
                     dst[t1..].fill(0.0);
-                    if x_lo > 0 || x_hi < w {
-                        for line in dst.chunks_exact_mut(w) {
-                            line[..x_lo].fill(0.0);
-                            line[x_hi..].fill(0.0);
+                    // Column by column (strided stores): the zeroed margins are as wide as the
+                    // padding (usually 1), and a `fill` per line would be a memset call per line.
+                    for x in (0..x_lo).chain(x_hi..w) {
+                        for v in dst[x..].iter_mut().step_by(w) {
+                            *v = 0.0;
                         }
                     }
                 }
