@@ -511,3 +511,18 @@ fn checkpoints_for_another_architecture_or_input_are_refused_naming_both() {
     ]);
     assert_clean_error(&o, &["1-channel", "3 channels"]);
 }
+
+/// `last.safetensors` is refreshed at least once a minute unless the user asks otherwise: the
+/// default of `--checkpoint-every` (the SIGKILL test in tests/kill.rs checks that the refresh
+/// happens, with a short interval).
+#[test]
+fn last_checkpoint_is_refreshed_every_minute_by_default() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Train {
+        #[command(flatten)]
+        args: fewshot::cli::TrainArgs,
+    }
+    let t = Train::try_parse_from(["train"]).expect("parse");
+    assert_eq!(t.args.checkpoint_every, 60.0);
+}
