@@ -18,6 +18,17 @@
 //                  reading the sums from the scratch buffer (keeps the kernel at 8 storage bindings).
 // relu_forward:    thread per element: y = x > 0 ? x : 0.
 // relu_backward:   thread per element: dx = y > 0 ? dy : 0.
+// bn_pool:         batch norm (+ReLU) fused with the 2x2 max-pool (floor mode), thread per POOLED
+//                  element: normalises its window's four inputs (bn_normalise's formula with the
+//                  saved statistics, or bn_eval's with the running ones when `eval`) and writes
+//                  their maximum; the full-size normalised output is never written.
+// bn_pool_route:   backward of bn_pool's pooling, thread per 2x2 CELL of the input (the odd last
+//                  row/column make partial cells, which are in no window and get zeros): recomputes
+//                  the window's four normalised values from x (the same formula, so the same values
+//                  bn_pool compared), finds the first maximum (row-major, strict >) and writes the
+//                  pooled gradient there if (with ReLU) it is positive, zeros elsewhere. The
+//                  result is the gradient at the batch-norm input side of the ReLU, ready for
+//                  bn_backward_sums / bn_backward_input with relu = 0 (they then never read y).
 //
 // Dispatch: per-channel kernels use one workgroup per channel, spilling into y past the
 // per-dimension limit (channel = wid.x + wid.y * num_workgroups.x); element-wise kernels are 1-D
@@ -336,4 +347,177 @@ fn relu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
         return;
     }
     rb_dx[rbp.dx_off + i] = select(0.0, rb_dy[rbp.dy_off + i], rb_y[rbp.y_off + i] > 0.0);
+}
+
+// ---------------------------------------------------------------- bn_pool
+
+// Position (0..3, row-major) of the first maximum of a window's values (strict >, as max_pool).
+fn window_first_max(a: f32, b: f32, c: f32, d: f32) -> u32 {
+    var best = 0u;
+    var m = a;
+    if (b > m) {
+        best = 1u;
+        m = b;
+    }
+    if (c > m) {
+        best = 2u;
+        m = c;
+    }
+    if (d > m) {
+        best = 3u;
+    }
+    return best;
+}
+
+struct PoolNormParams {
+    planes: u32,
+    channels: u32,
+    height: u32,
+    width: u32,
+    relu: u32,
+    eval: u32,
+    eps: f32,
+    x_off: u32,
+    gamma_off: u32,
+    beta_off: u32,
+    a_off: u32,
+    b_off: u32,
+    y_off: u32,
+}
+
+@group(0) @binding(0) var<uniform> pp: PoolNormParams;
+@group(0) @binding(1) var<storage, read> pn_x: array<f32>;
+@group(0) @binding(2) var<storage, read> pn_gamma: array<f32>;
+@group(0) @binding(3) var<storage, read> pn_beta: array<f32>;
+// Training: saved mean and inv_std; evaluation: running mean and running variance.
+@group(0) @binding(4) var<storage, read> pn_a: array<f32>;
+@group(0) @binding(5) var<storage, read> pn_b: array<f32>;
+@group(0) @binding(6) var<storage, read_write> pn_y: array<f32>;
+
+fn pn_value(x: f32, c: u32) -> f32 {
+    var y: f32;
+    if (pp.eval != 0u) {
+        let sd = sqrt(pn_b[pp.b_off + c] + pp.eps);
+        y = pn_gamma[pp.gamma_off + c] * (x - pn_a[pp.a_off + c]) / sd + pn_beta[pp.beta_off + c];
+    } else {
+        y = pn_gamma[pp.gamma_off + c] * (x - pn_a[pp.a_off + c]) * pn_b[pp.b_off + c]
+            + pn_beta[pp.beta_off + c];
+    }
+    return select(y, select(0.0, y, y > 0.0), pp.relu != 0u);
+}
+
+@compute @workgroup_size(256)
+fn bn_pool(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    let oh = pp.height / 2u;
+    let ow = pp.width / 2u;
+    if (i >= pp.planes * oh * ow) {
+        return;
+    }
+    let p = i / (oh * ow);
+    let r = i - p * oh * ow;
+    let oy = r / ow;
+    let ox = r - oy * ow;
+    let c = p % pp.channels;
+    let base = pp.x_off + p * pp.height * pp.width + 2u * oy * pp.width + 2u * ox;
+    var m = pn_value(pn_x[base], c);
+    let b = pn_value(pn_x[base + 1u], c);
+    if (b > m) {
+        m = b;
+    }
+    let d = pn_value(pn_x[base + pp.width], c);
+    if (d > m) {
+        m = d;
+    }
+    let e = pn_value(pn_x[base + pp.width + 1u], c);
+    if (e > m) {
+        m = e;
+    }
+    pn_y[pp.y_off + i] = m;
+}
+
+// ---------------------------------------------------------------- bn_pool_route
+
+struct RouteParams {
+    planes: u32,
+    channels: u32,
+    height: u32,
+    width: u32,
+    relu: u32,
+    x_off: u32,
+    gamma_off: u32,
+    beta_off: u32,
+    mean_off: u32,
+    inv_std_off: u32,
+    gp_off: u32,
+    dy_off: u32,
+}
+
+@group(0) @binding(0) var<uniform> rt: RouteParams;
+@group(0) @binding(1) var<storage, read> rt_x: array<f32>;
+@group(0) @binding(2) var<storage, read> rt_gamma: array<f32>;
+@group(0) @binding(3) var<storage, read> rt_beta: array<f32>;
+@group(0) @binding(4) var<storage, read> rt_mean: array<f32>;
+@group(0) @binding(5) var<storage, read> rt_inv_std: array<f32>;
+@group(0) @binding(6) var<storage, read> rt_gp: array<f32>;
+@group(0) @binding(7) var<storage, read_write> rt_dy: array<f32>;
+
+// bn_pool's training-mode value, from this entry point's bindings.
+fn rt_value(x: f32, c: u32) -> f32 {
+    let y = rt_gamma[rt.gamma_off + c] * (x - rt_mean[rt.mean_off + c]) * rt_inv_std[rt.inv_std_off + c]
+        + rt_beta[rt.beta_off + c];
+    return select(y, select(0.0, y, y > 0.0), rt.relu != 0u);
+}
+
+@compute @workgroup_size(256)
+fn bn_pool_route(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    // A thread per 2x2 cell of the input (cells cover the odd last row/column too): a full cell
+    // is a window, whose four values are normalised once and its four gradients written; a
+    // partial cell (odd edge) is in no window and gets zeros.
+    let i = gid.x + gid.y * nwg.x * WG;
+    let ch = (rt.height + 1u) / 2u;
+    let cw = (rt.width + 1u) / 2u;
+    if (i >= rt.planes * ch * cw) {
+        return;
+    }
+    let p = i / (ch * cw);
+    let r = i - p * ch * cw;
+    let cy = r / cw;
+    let cx = r - cy * cw;
+    let oh = rt.height / 2u;
+    let ow = rt.width / 2u;
+    let base = p * rt.height * rt.width + 2u * cy * rt.width + 2u * cx;
+    if (cy < oh && cx < ow) {
+        let c = p % rt.channels;
+        let xb = rt.x_off + base;
+        let v0 = rt_value(rt_x[xb], c);
+        let v1 = rt_value(rt_x[xb + 1u], c);
+        let v2 = rt_value(rt_x[xb + rt.width], c);
+        let v3 = rt_value(rt_x[xb + rt.width + 1u], c);
+        let best = window_first_max(v0, v1, v2, v3);
+        let vbest = select(select(select(v0, v1, best == 1u), v2, best == 2u), v3, best == 3u);
+        var g = rt_gp[rt.gp_off + (p * oh + cy) * ow + cx];
+        if (rt.relu != 0u && !(vbest > 0.0)) {
+            g = 0.0;
+        }
+        let db = rt.dy_off + base;
+        rt_dy[db] = select(0.0, g, best == 0u);
+        rt_dy[db + 1u] = select(0.0, g, best == 1u);
+        rt_dy[db + rt.width] = select(0.0, g, best == 2u);
+        rt_dy[db + rt.width + 1u] = select(0.0, g, best == 3u);
+    } else {
+        let db = rt.dy_off + base;
+        let two_cols = 2u * cx + 1u < rt.width;
+        let two_rows = 2u * cy + 1u < rt.height;
+        rt_dy[db] = 0.0;
+        if (two_cols) {
+            rt_dy[db + 1u] = 0.0;
+        }
+        if (two_rows) {
+            rt_dy[db + rt.width] = 0.0;
+            if (two_cols) {
+                rt_dy[db + rt.width + 1u] = 0.0;
+            }
+        }
+    }
 }

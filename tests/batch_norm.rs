@@ -668,3 +668,190 @@ fn relu_backward_matches_finite_differences() {
     let numeric = finite_differences(&x, 1e-6, forward);
     assert_grad_close("relu backward", &analytic, &numeric, 1e-6);
 }
+
+// ---------------------------------------------------------------- fused batch norm + pool
+
+/// Inputs whose 2x2 windows hold four well-separated values in a random order (a window base
+/// plus 0.25 x a random permutation of 0..3): the first maximum is then the same under any
+/// rounding of the statistics, so GPU and CPU route every gradient to the same element.
+fn window_input(rng: &mut rand_chacha::ChaCha8Rng, s: &fewshot::ops::PoolShape) -> Vec<f32> {
+    use rand::seq::SliceRandom;
+    let (h, w) = (s.height, s.width);
+    let mut x = random(rng, s.input_len());
+    for plane in x.chunks_mut(h * w) {
+        for oy in 0..h / 2 {
+            for ox in 0..w / 2 {
+                let mut perm = [0.0f32, 1.0, 2.0, 3.0];
+                perm.shuffle(rng);
+                let base = random(rng, 1)[0] * 2.0;
+                for (k, v) in perm.iter().enumerate() {
+                    plane[(2 * oy + k / 2) * w + 2 * ox + k % 2] = base + 0.25 * v;
+                }
+            }
+        }
+    }
+    x
+}
+
+/// `batch_norm_pool_train`, `batch_norm_pool_eval` and `pool_batch_norm_backward` on the GPU
+/// (the fused `bn_pool` and `bn_pool_route` kernels) against the CPU references of the ops in
+/// sequence (batch norm, then max-pool), ReLU on and off, odd sizes and maps with no windows;
+/// outputs poisoned views, inputs views at offsets.
+#[test]
+fn fused_batch_norm_pool_matches_cpu() {
+    use fewshot::cpu::max_pool;
+    use fewshot::ops::PoolShape;
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rng(17);
+    let shapes = [
+        (1, 3, 5, 7),
+        (2, 1, 4, 6),
+        (3, 64, 3, 3),
+        (2, 3, 1, 5),
+        (5, 3, 7, 7),
+        (4, 64, 14, 14),
+        (2, 16, 28, 28),
+    ];
+    for relu in [false, true] {
+        let p = settings(relu);
+        for (batch, channels, height, width) in shapes {
+            let s = PoolShape {
+                batch,
+                channels,
+                height,
+                width,
+            };
+            let n = s.norm_shape();
+            let c = channels;
+            let tag = format!("fused relu={relu} {s:?}");
+            let x = window_input(&mut rng, &s);
+            let gamma: Vec<f32> = random(&mut rng, c)
+                .iter()
+                .map(|v| v.signum() * (0.5 + v.abs()))
+                .collect();
+            let beta = random(&mut rng, c);
+            let (rm0, rv0) = (random(&mut rng, c), positive(&mut rng, c));
+
+            // CPU: batch norm, then max-pool (and the backward in the same order).
+            let mut y = vec![0.0; n.len()];
+            let (mut mean, mut inv_std) = (vec![0.0; c], vec![0.0; c]);
+            let (mut rm, mut rv) = (rm0.clone(), rv0.clone());
+            cpu::batch_norm_train(
+                &n,
+                &p,
+                &x,
+                &gamma,
+                &beta,
+                &mut y,
+                &mut mean,
+                &mut inv_std,
+                &mut rm,
+                &mut rv,
+            );
+            let mut pooled = vec![0.0; s.output_len()];
+            max_pool::max_pool_forward(&s, &y, &mut pooled);
+            let mut y_eval = vec![0.0; n.len()];
+            cpu::batch_norm_eval(&n, &p, &x, &gamma, &beta, &rm0, &rv0, &mut y_eval);
+            let mut pooled_eval = vec![0.0; s.output_len()];
+            max_pool::max_pool_forward(&s, &y_eval, &mut pooled_eval);
+            let g = random(&mut rng, s.output_len());
+            let mut dy = vec![0.0; n.len()];
+            max_pool::max_pool_backward(&s, &y, &g, &mut dy);
+            let mut dx = vec![0.0; n.len()];
+            let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
+            cpu::batch_norm_backward(
+                &n, &p, &x, &y, &dy, &gamma, &mean, &inv_std, &mut dx, &mut dg, &mut db,
+            );
+            // The fused kernel's routed gradient has the ReLU mask applied already.
+            let routed_want: Vec<f32> = dy
+                .iter()
+                .zip(&y)
+                .map(|(&d, &v)| if !relu || v > 0.0 { d } else { 0.0 })
+                .collect();
+
+            // GPU, fused.
+            let gx = upload_at(gpu, &x, 1);
+            let (ggamma, gbeta) = (upload_at(gpu, &gamma, 2), upload_at(gpu, &beta, 3));
+            // Pooled maps and statistics in separate buffers, as in the model (bn_pool reads
+            // the statistics and writes the pooled map).
+            let out = Outputs::new(gpu, &[s.output_len(), s.output_len()]);
+            let saved = Outputs::new(gpu, &[c, c]);
+            let running = Outputs::new(gpu, &[c, c]);
+            gpu.write(&running.views[0], &rm0);
+            gpu.write(&running.views[1], &rv0);
+            let unused = gpu.zeros(0);
+            gpu.batch_norm_pool_train(
+                &s,
+                &p,
+                &gx,
+                &ggamma,
+                &gbeta,
+                &unused,
+                &out.views[0],
+                &saved.views[0],
+                &saved.views[1],
+                &running.views[0],
+                &running.views[1],
+            );
+            let (rm0_gpu, rv0_gpu) = (upload_at(gpu, &rm0, 4), upload_at(gpu, &rv0, 5));
+            gpu.batch_norm_pool_eval(
+                &s,
+                &p,
+                &gx,
+                &ggamma,
+                &gbeta,
+                &rm0_gpu,
+                &rv0_gpu,
+                &unused,
+                &out.views[1],
+            );
+            // The routed gradient (scratch), grad_input and the parameter gradients in three
+            // buffers, as in the model (a buffer read by one kernel and written by the same one
+            // is a usage conflict).
+            let (routed, dxo, dparams) = (
+                Outputs::new(gpu, &[n.len()]),
+                Outputs::new(gpu, &[n.len()]),
+                Outputs::new(gpu, &[c, c]),
+            );
+            gpu.pool_batch_norm_backward(
+                &s,
+                &p,
+                &gx,
+                &unused,
+                &upload_at(gpu, &g, 6),
+                &ggamma,
+                &gbeta,
+                &saved.views[0],
+                &saved.views[1],
+                &routed.views[0],
+                &dxo.views[0],
+                &dparams.views[0],
+                &dparams.views[1],
+            );
+            let got = out.read(gpu);
+            let got_saved = saved.read(gpu);
+            let got_running = running.read(gpu);
+            let got_back = [
+                routed.read(gpu).remove(0),
+                dxo.read(gpu).remove(0),
+                dparams.read(gpu)[0].clone(),
+                dparams.read(gpu)[1].clone(),
+            ];
+            for (what, a, b) in [
+                ("pooled", &got[0], &pooled),
+                ("saved_mean", &got_saved[0], &mean),
+                ("saved_inv_std", &got_saved[1], &inv_std),
+                ("eval pooled", &got[1], &pooled_eval),
+                ("running_mean", &got_running[0], &rm),
+                ("running_var", &got_running[1], &rv),
+                ("routed gradient", &got_back[0], &routed_want),
+                ("grad_input", &got_back[1], &dx),
+                ("grad_gamma", &got_back[2], &dg),
+                ("grad_beta", &got_back[3], &db),
+            ] {
+                assert_close(&format!("{tag} {what}"), a, b, F32_TOLERANCE);
+            }
+            eprintln!("{tag}: ok");
+        }
+    }
+}

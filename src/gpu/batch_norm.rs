@@ -1,7 +1,7 @@
 //! Launchers for `shaders/batch_norm.wgsl`: batch norm (training forward, evaluation forward,
 //! backward; optional fused ReLU) and ReLU.
 use super::{Gpu, GpuTensor, Kernel};
-use crate::ops::{BatchNorm, NormShape};
+use crate::ops::{BatchNorm, NormShape, PoolShape};
 
 const SOURCE: &str = include_str!("../../shaders/batch_norm.wgsl");
 const STATS: Kernel = Kernel {
@@ -38,6 +38,17 @@ const RELU_BACKWARD: Kernel = Kernel {
     file: "batch_norm.wgsl",
     source: SOURCE,
     entry: "relu_backward",
+};
+
+const BN_POOL: Kernel = Kernel {
+    file: "batch_norm.wgsl",
+    source: SOURCE,
+    entry: "bn_pool",
+};
+const BN_POOL_ROUTE: Kernel = Kernel {
+    file: "batch_norm.wgsl",
+    source: SOURCE,
+    entry: "bn_pool_route",
 };
 
 const WORKGROUP: u32 = 256;
@@ -85,28 +96,15 @@ pub fn batch_norm_train(
             running_var,
         ],
     );
-    gpu.dispatch(
-        &STATS,
-        &[
-            &input.buffer,
-            &saved_mean.buffer,
-            &saved_inv_std.buffer,
-            &running_mean.buffer,
-            &running_var.buffer,
-        ],
-        &[
-            s.channels as u32,
-            s.spatial as u32,
-            s.batch as u32,
-            p.eps.to_bits(),
-            p.momentum.to_bits(),
-            input.off(),
-            saved_mean.off(),
-            saved_inv_std.off(),
-            running_mean.off(),
-            running_var.off(),
-        ],
-        per_channel_groups(gpu, s),
+    stats(
+        gpu,
+        s,
+        p,
+        input,
+        saved_mean,
+        saved_inv_std,
+        running_mean,
+        running_var,
     );
     gpu.dispatch(
         &NORMALISE,
@@ -294,5 +292,257 @@ pub fn relu_backward(
             grad_input.off(),
         ],
         gpu.groups_1d(output.len, WORKGROUP),
+    );
+}
+
+/// The statistics pass of training mode: a workgroup per channel writes the saved mean and
+/// inverse standard deviation and updates the running statistics.
+#[allow(clippy::too_many_arguments)]
+fn stats(
+    gpu: &Gpu,
+    s: &NormShape,
+    p: &BatchNorm,
+    input: &GpuTensor,
+    saved_mean: &GpuTensor,
+    saved_inv_std: &GpuTensor,
+    running_mean: &GpuTensor,
+    running_var: &GpuTensor,
+) {
+    gpu.dispatch(
+        &STATS,
+        &[
+            &input.buffer,
+            &saved_mean.buffer,
+            &saved_inv_std.buffer,
+            &running_mean.buffer,
+            &running_var.buffer,
+        ],
+        &[
+            s.channels as u32,
+            s.spatial as u32,
+            s.batch as u32,
+            p.eps.to_bits(),
+            p.momentum.to_bits(),
+            input.off(),
+            saved_mean.off(),
+            saved_inv_std.off(),
+            running_mean.off(),
+            running_var.off(),
+        ],
+        per_channel_groups(gpu, s),
+    );
+}
+
+/// `bn_pool`: a thread per pooled element; `a`, `b` are the saved mean and inverse standard
+/// deviation (training) or the running mean and variance (`eval`).
+#[allow(clippy::too_many_arguments)]
+fn norm_pool(
+    gpu: &Gpu,
+    s: &PoolShape,
+    p: &BatchNorm,
+    eval: bool,
+    input: &GpuTensor,
+    gamma: &GpuTensor,
+    beta: &GpuTensor,
+    a: &GpuTensor,
+    b: &GpuTensor,
+    pooled: &GpuTensor,
+) {
+    assert_eq!(input.len, s.input_len(), "batch_norm_pool: input length");
+    assert_eq!(pooled.len, s.output_len(), "batch_norm_pool: pooled length");
+    for t in [gamma, beta, a, b] {
+        assert_eq!(t.len, s.channels, "batch_norm_pool: per-channel length");
+    }
+    if s.output_len() == 0 {
+        return;
+    }
+    gpu.dispatch(
+        &BN_POOL,
+        &[
+            &input.buffer,
+            &gamma.buffer,
+            &beta.buffer,
+            &a.buffer,
+            &b.buffer,
+            &pooled.buffer,
+        ],
+        &[
+            (s.batch * s.channels) as u32,
+            s.channels as u32,
+            s.height as u32,
+            s.width as u32,
+            p.relu as u32,
+            eval as u32,
+            p.eps.to_bits(),
+            input.off(),
+            gamma.off(),
+            beta.off(),
+            a.off(),
+            b.off(),
+            pooled.off(),
+        ],
+        gpu.groups_1d(s.output_len(), WORKGROUP),
+    );
+}
+
+/// Training-mode batch norm (+ ReLU) fused with the 2x2 max-pool: the statistics pass, then
+/// `bn_pool` (the full-size normalised output is never written).
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_pool_train(
+    gpu: &Gpu,
+    s: &PoolShape,
+    p: &BatchNorm,
+    input: &GpuTensor,
+    gamma: &GpuTensor,
+    beta: &GpuTensor,
+    pooled: &GpuTensor,
+    saved_mean: &GpuTensor,
+    saved_inv_std: &GpuTensor,
+    running_mean: &GpuTensor,
+    running_var: &GpuTensor,
+) {
+    let ns = s.norm_shape();
+    check_lens(
+        &ns,
+        "batch_norm_pool_train",
+        &[input],
+        &[saved_mean, saved_inv_std, running_mean, running_var],
+    );
+    stats(
+        gpu,
+        &ns,
+        p,
+        input,
+        saved_mean,
+        saved_inv_std,
+        running_mean,
+        running_var,
+    );
+    norm_pool(
+        gpu,
+        s,
+        p,
+        false,
+        input,
+        gamma,
+        beta,
+        saved_mean,
+        saved_inv_std,
+        pooled,
+    );
+}
+
+/// Evaluation-mode batch norm (+ ReLU) fused with the max-pool: `bn_pool` alone.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_pool_eval(
+    gpu: &Gpu,
+    s: &PoolShape,
+    p: &BatchNorm,
+    input: &GpuTensor,
+    gamma: &GpuTensor,
+    beta: &GpuTensor,
+    running_mean: &GpuTensor,
+    running_var: &GpuTensor,
+    pooled: &GpuTensor,
+) {
+    norm_pool(
+        gpu,
+        s,
+        p,
+        true,
+        input,
+        gamma,
+        beta,
+        running_mean,
+        running_var,
+        pooled,
+    );
+}
+
+/// Backward of [`batch_norm_pool_train`]: `bn_pool_route` writes the gradient at the batch-norm
+/// output (routed and through the ReLU mask, recomputed from `input`) into `grad_output`, then
+/// the batch-norm backward runs without the ReLU (already applied), so it never reads `y`.
+#[allow(clippy::too_many_arguments)]
+pub fn pool_batch_norm_backward(
+    gpu: &Gpu,
+    s: &PoolShape,
+    p: &BatchNorm,
+    input: &GpuTensor,
+    grad_pooled: &GpuTensor,
+    gamma: &GpuTensor,
+    beta: &GpuTensor,
+    saved_mean: &GpuTensor,
+    saved_inv_std: &GpuTensor,
+    grad_output: &GpuTensor,
+    grad_input: &GpuTensor,
+    grad_gamma: &GpuTensor,
+    grad_beta: &GpuTensor,
+) {
+    let ns = s.norm_shape();
+    check_lens(
+        &ns,
+        "pool_batch_norm_backward",
+        &[input, grad_output, grad_input],
+        &[
+            gamma,
+            beta,
+            saved_mean,
+            saved_inv_std,
+            grad_gamma,
+            grad_beta,
+        ],
+    );
+    assert_eq!(
+        grad_pooled.len,
+        s.output_len(),
+        "pool_batch_norm_backward: grad_pooled length"
+    );
+    if s.input_len() > 0 {
+        gpu.dispatch(
+            &BN_POOL_ROUTE,
+            &[
+                &input.buffer,
+                &gamma.buffer,
+                &beta.buffer,
+                &saved_mean.buffer,
+                &saved_inv_std.buffer,
+                &grad_pooled.buffer,
+                &grad_output.buffer,
+            ],
+            &[
+                (s.batch * s.channels) as u32,
+                s.channels as u32,
+                s.height as u32,
+                s.width as u32,
+                p.relu as u32,
+                input.off(),
+                gamma.off(),
+                beta.off(),
+                saved_mean.off(),
+                saved_inv_std.off(),
+                grad_pooled.off(),
+                grad_output.off(),
+            ],
+            gpu.groups_1d(
+                s.batch * s.channels * s.height.div_ceil(2) * s.width.div_ceil(2),
+                WORKGROUP,
+            ),
+        );
+    }
+    let linear = BatchNorm { relu: false, ..*p };
+    // With the ReLU off the backward never reads `y`: `input` stands in for it.
+    batch_norm_backward(
+        gpu,
+        &ns,
+        &linear,
+        input,
+        input,
+        grad_output,
+        gamma,
+        saved_mean,
+        saved_inv_std,
+        grad_input,
+        grad_gamma,
+        grad_beta,
     );
 }

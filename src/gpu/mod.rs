@@ -274,6 +274,93 @@ impl Backend for Gpu {
     ) {
         max_pool::max_pool_backward(self, s, input, grad_output, grad_input)
     }
+    fn fuses_norm_pool(&self) -> bool {
+        true
+    }
+    fn batch_norm_pool_train(
+        &self,
+        s: &PoolShape,
+        p: &BatchNorm,
+        input: &GpuTensor,
+        gamma: &GpuTensor,
+        beta: &GpuTensor,
+        _output: &GpuTensor,
+        pooled: &GpuTensor,
+        saved_mean: &GpuTensor,
+        saved_inv_std: &GpuTensor,
+        running_mean: &GpuTensor,
+        running_var: &GpuTensor,
+    ) {
+        batch_norm::batch_norm_pool_train(
+            self,
+            s,
+            p,
+            input,
+            gamma,
+            beta,
+            pooled,
+            saved_mean,
+            saved_inv_std,
+            running_mean,
+            running_var,
+        )
+    }
+    fn batch_norm_pool_eval(
+        &self,
+        s: &PoolShape,
+        p: &BatchNorm,
+        input: &GpuTensor,
+        gamma: &GpuTensor,
+        beta: &GpuTensor,
+        running_mean: &GpuTensor,
+        running_var: &GpuTensor,
+        _output: &GpuTensor,
+        pooled: &GpuTensor,
+    ) {
+        batch_norm::batch_norm_pool_eval(
+            self,
+            s,
+            p,
+            input,
+            gamma,
+            beta,
+            running_mean,
+            running_var,
+            pooled,
+        )
+    }
+    fn pool_batch_norm_backward(
+        &self,
+        s: &PoolShape,
+        p: &BatchNorm,
+        input: &GpuTensor,
+        _output: &GpuTensor,
+        grad_pooled: &GpuTensor,
+        gamma: &GpuTensor,
+        beta: &GpuTensor,
+        saved_mean: &GpuTensor,
+        saved_inv_std: &GpuTensor,
+        grad_output: &GpuTensor,
+        grad_input: &GpuTensor,
+        grad_gamma: &GpuTensor,
+        grad_beta: &GpuTensor,
+    ) {
+        batch_norm::pool_batch_norm_backward(
+            self,
+            s,
+            p,
+            input,
+            grad_pooled,
+            gamma,
+            beta,
+            saved_mean,
+            saved_inv_std,
+            grad_output,
+            grad_input,
+            grad_gamma,
+            grad_beta,
+        )
+    }
     fn pairwise_sq_dist(
         &self,
         rows_a: usize,
