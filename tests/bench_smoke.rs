@@ -165,3 +165,30 @@ fn bench_reference_adds_ratios_and_config_selects_steps() {
     assert!(stderr.contains("no training-step"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The peer's CUDA records are matched to fewshot's GPU rows, its CPU records to the CPU rows.
+#[test]
+fn reference_records_are_keyed_by_device_kind() {
+    use fewshot::bench::Reference;
+    let records: Vec<serde_json::Value> = serde_json::from_str(
+        r#"[
+        {"kind": "train_step", "device": "cuda", "method": "protonet", "channels": 1, "size": 28,
+         "way": 60, "shot": 5, "query": 5, "median_s": 0.004},
+        {"kind": "train_step", "device": "cpu", "method": "siamese", "loss": "contrastive",
+         "channels": 1, "size": 28, "pairs": 128, "median_s": 0.25},
+        {"kind": "inference", "device": "cuda", "images": 1000, "channels": 1, "size": 28,
+         "images_per_s": 50000.0},
+        {"kind": "micro", "device": "cpu"}
+    ]"#,
+    )
+    .unwrap();
+    let r = Reference::from_records("test", &records);
+    assert_eq!(
+        r.steps,
+        vec![
+            (("gpu".to_string(), "protonet-60w5s5q".to_string()), 4.0),
+            (("cpu".to_string(), "siamese-128".to_string()), 250.0),
+        ]
+    );
+    assert_eq!(r.inference, vec![("gpu".to_string(), 50000.0)]);
+}
