@@ -72,3 +72,45 @@ fn deferred_read_returns_the_data_of_its_submission() {
     assert_eq!(gpu.resolve(&second, true).unwrap().unwrap(), vec![5.0, 5.0]);
     assert_eq!(gpu.resolve(&first, true).unwrap().unwrap(), vec![1.0, 2.0]);
 }
+
+/// Read-back buffers are reused: a training loop's deferred reads (and blocking reads of the
+/// same size) allocate a handful of staging buffers in all, not one per read; interleaved reads
+/// in flight each keep their own buffer and data, and sizes of several classes come back right.
+#[test]
+fn read_back_buffers_are_pooled_and_reads_stay_correct() {
+    if gpu().is_none() {
+        return;
+    }
+    // A context of its own: the other tests of this binary read concurrently from the shared
+    // one, which would blur the count of created buffers.
+    let own = fewshot::gpu::Gpu::new(std::env::var("FEWSHOT_ADAPTER").ok().as_deref())
+        .expect("a second context on the same adapter");
+    let gpu = &own;
+    let t = gpu.upload_f32(&[0.0; 300]);
+    let before = gpu.staging_buffers_created();
+    for step in 0..40 {
+        gpu.fill(&t, step as f32);
+        // Two reads in flight at once (as the trainer keeps up to two), of different sizes.
+        let a = gpu.read_deferred(&gpu.view(&t, 0, 2));
+        gpu.fill(&t, -(step as f32));
+        let b = gpu.read_deferred(&gpu.view(&t, 10, 200));
+        gpu.flush();
+        assert_eq!(
+            gpu.resolve(&b, true).unwrap().unwrap(),
+            vec![-(step as f32); 200]
+        );
+        assert_eq!(
+            gpu.resolve(&a, true).unwrap().unwrap(),
+            vec![step as f32; 2]
+        );
+        assert_eq!(gpu.read(&gpu.view(&t, 0, 3)), vec![-(step as f32); 3]);
+    }
+    let created = gpu.staging_buffers_created() - before;
+    assert!(
+        created <= 4,
+        "{created} read-back buffers for 120 reads of two size classes"
+    );
+    // A read larger than the pooled sizes still works (and is not pooled).
+    let big = gpu.upload_f32(&vec![1.5; (4 << 20) / 4 + 3]);
+    assert!(gpu.read(&big).iter().all(|&v| v == 1.5));
+}

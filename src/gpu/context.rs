@@ -191,8 +191,19 @@ pub struct Gpu {
     recorder: Mutex<Recorder>,
     params: Mutex<Option<wgpu::Buffer>>,
     scratch: Mutex<HashMap<&'static str, Arc<wgpu::Buffer>>>,
+    /// Unmapped read-back buffers kept for reuse (a training step's deferred read takes one
+    /// instead of allocating): sizes are powers of two, at most [`STAGING_POOL_MAX_BYTES`].
+    staging_pool: Mutex<Vec<Arc<wgpu::Buffer>>>,
+    /// Read-back buffers created so far (the pool's hit rate shows in tests).
+    staging_created: std::sync::atomic::AtomicUsize,
     error: Arc<Mutex<Option<String>>>,
 }
+
+/// Read-back buffers up to this size are pooled for reuse; larger ones (whole-model downloads
+/// of big networks) are allocated per read.
+const STAGING_POOL_MAX_BYTES: u64 = 4 << 20;
+/// At most this many idle read-back buffers are kept.
+const STAGING_POOL_MAX_BUFFERS: usize = 16;
 
 impl Gpu {
     /// Open a device on the chosen adapter (see [`choose_adapter`]).
@@ -238,6 +249,8 @@ impl Gpu {
             recorder: Mutex::default(),
             params: Mutex::new(None),
             scratch: Mutex::default(),
+            staging_pool: Mutex::default(),
+            staging_created: Default::default(),
             error,
         })
     }
@@ -524,12 +537,7 @@ impl Gpu {
         offset: usize,
         len: usize,
     ) -> GpuPending {
-        let staging = Arc::new(self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size: (len.max(1) * 4) as u64,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        }));
+        let staging = self.staging_buffer((len.max(1) * 4) as u64);
         self.record_copy(buffer, offset as u64 * 4, &staging, 0, len as u64 * 4);
         let ready = Arc::new(AtomicBool::new(false));
         let failed = Arc::new(AtomicBool::new(false));
@@ -601,6 +609,47 @@ impl Gpu {
             bytemuck::cast_slice::<u8, f32>(&view)[..pending.len].to_vec()
         };
         pending.staging.unmap();
+        self.recycle_staging(&pending.staging);
         Ok(Some(data))
+    }
+
+    /// A read-back buffer of at least `bytes`: from the pool when one of the size class is idle.
+    fn staging_buffer(&self, bytes: u64) -> Arc<wgpu::Buffer> {
+        let class = bytes.next_power_of_two().max(256);
+        if class <= STAGING_POOL_MAX_BYTES {
+            let mut pool = self.staging_pool.lock().unwrap();
+            if let Some(i) = pool.iter().position(|b| b.size() == class) {
+                return pool.swap_remove(i);
+            }
+        }
+        self.staging_created.fetch_add(1, Ordering::SeqCst);
+        Arc::new(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: if class <= STAGING_POOL_MAX_BYTES {
+                class
+            } else {
+                bytes
+            },
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// Return an unmapped read-back buffer to the pool (when it is of a pooled size and no
+    /// other handle to it is left).
+    fn recycle_staging(&self, staging: &Arc<wgpu::Buffer>) {
+        let size = staging.size();
+        if size > STAGING_POOL_MAX_BYTES || !size.is_power_of_two() {
+            return;
+        }
+        let mut pool = self.staging_pool.lock().unwrap();
+        if pool.len() < STAGING_POOL_MAX_BUFFERS {
+            pool.push(staging.clone());
+        }
+    }
+
+    /// Read-back buffers created since the device was opened (reused ones are not counted).
+    pub fn staging_buffers_created(&self) -> usize {
+        self.staging_created.load(Ordering::SeqCst)
     }
 }
