@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """fewshot's CPU training steps against the PyTorch reference, side by side, in one sitting.
 
-Runs, in turn and `--rounds` times (A B A B ...), `fewshot bench --device cpu --only
-steps,inference --json` and the PyTorch reference (`fewshot_torch.py --mode speed`) on the same
-configurations and thread count, then prints each configuration's median step time for both,
-the ratio fewshot / PyTorch of every round, and the median ratio. Ratios, not absolute times,
+Runs, in turn and `--rounds` times (B A B A ...), the PyTorch reference (`fewshot_torch.py
+--mode speed`) and then `fewshot bench --device cpu --only steps,inference --json --reference`
+on that round's PyTorch records (fewshot matches the records to its rows and computes the
+ratios), on the same configurations and thread count; then prints each configuration's median
+step time for both, the ratio fewshot / PyTorch of every round, and the median ratio. Ratios, not absolute times,
 are what to compare: these machines drift between runs.
 
 Usage (after the setup in ../shared/peers/README.md):
@@ -19,6 +20,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 
 # fewshot step configuration -> arguments of the PyTorch reference.
 CONFIGS = {
@@ -44,32 +46,39 @@ def run(cmd, env=None):
     return out.stdout
 
 
-def fewshot_round(binary, threads):
+def fewshot_round(binary, threads, reference):
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     report = json.loads(
-        run([binary, "bench", "--device", "cpu", "--only", "steps,inference", "--json"], env)
-    )
-    steps = {s["config"]: s["median_ms"] for s in report["steps"] if s["device"] == "cpu"}
-    inf = [i["images_per_s"] for i in report.get("inference", []) if i["device"] == "cpu"]
-    return steps, (inf[0] if inf else None)
-
-
-def torch_round(python, peer, threads):
-    steps = {}
-    for name, args in CONFIGS.items():
-        lines = run([python, peer, "--mode", "speed", "--threads", str(threads), *args])
-        rec = json.loads(lines.strip().splitlines()[-1])
-        steps[name] = rec["median_s"] * 1000.0
-    inf = json.loads(
         run(
-            [
-                python,
-                "-c",
-                INFERENCE.format(peer_dir=os.path.dirname(os.path.abspath(peer)), threads=threads),
-            ]
-        ).strip().splitlines()[-1]
+            [binary, "bench", "--device", "cpu", "--only", "steps,inference", "--json",
+             "--reference", reference],
+            env,
+        )
     )
-    return steps, inf["images_per_s"]
+    return report
+
+
+def torch_round(python, peer, threads, path):
+    """Runs the peer on every configuration and on inference; writes its records as JSON lines."""
+    records = []
+    for args in CONFIGS.values():
+        lines = run([python, peer, "--mode", "speed", "--threads", str(threads), *args])
+        records.append(json.loads(lines.strip().splitlines()[-1]))
+    records.append(
+        json.loads(
+            run(
+                [
+                    python,
+                    "-c",
+                    INFERENCE.format(
+                        peer_dir=os.path.dirname(os.path.abspath(peer)), threads=threads
+                    ),
+                ]
+            ).strip().splitlines()[-1]
+        )
+    )
+    with open(path, "w") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in records))
 
 
 def main():
@@ -84,32 +93,38 @@ def main():
 
     rounds = []
     for r in range(a.rounds):
-        print(f"round {r + 1}/{a.rounds}: fewshot ...", file=sys.stderr, flush=True)
-        fs = fewshot_round(a.fewshot, a.threads)
+        ref = os.path.join(tempfile.mkdtemp(prefix="vs-torch-"), "torch.jsonl")
         print(f"round {r + 1}/{a.rounds}: pytorch ...", file=sys.stderr, flush=True)
-        pt = torch_round(a.python, a.peer, a.threads)
-        rounds.append({"fewshot": fs[0], "pytorch": pt[0], "fewshot_ips": fs[1], "pytorch_ips": pt[1]})
+        torch_round(a.python, a.peer, a.threads, ref)
+        print(f"round {r + 1}/{a.rounds}: fewshot ...", file=sys.stderr, flush=True)
+        report = fewshot_round(a.fewshot, a.threads, ref)
+        rounds.append(
+            {
+                "steps": {s["config"]: s for s in report["steps"]},
+                "inference": report["inference"][0],
+            }
+        )
 
-    print(f"{a.threads} threads, {a.rounds} rounds (fewshot then PyTorch in each); median step ms")
+    print(f"{a.threads} threads, {a.rounds} rounds (PyTorch then fewshot in each); median step ms")
     print(f"{'config':<20}{'fewshot':>10}{'pytorch':>10}{'ratio':>8}   per-round ratios")
     summary = {}
     for name in CONFIGS:
-        f = [r["fewshot"][name] for r in rounds]
-        t = [r["pytorch"][name] for r in rounds]
-        ratios = [x / y for x, y in zip(f, t)]
+        rows = [r["steps"][name] for r in rounds]
+        f = [row["median_ms"] for row in rows]
+        t = [row["reference_ms"] for row in rows]
+        ratios = [row["ratio_to_reference"] for row in rows]
         med = statistics.median(ratios)
         summary[name] = {"fewshot_ms": statistics.median(f), "pytorch_ms": statistics.median(t), "ratio": med}
         print(
             f"{name:<20}{statistics.median(f):>10.1f}{statistics.median(t):>10.1f}{med:>8.2f}   "
             + " ".join(f"{x:.2f}" for x in ratios)
         )
-    fi = [r["fewshot_ips"] for r in rounds if r["fewshot_ips"]]
-    ti = [r["pytorch_ips"] for r in rounds]
-    if fi:
-        print(
-            f"{'inference img/s':<20}{statistics.median(fi):>10.0f}{statistics.median(ti):>10.0f}"
-            f"{statistics.median(ti) / statistics.median(fi):>8.2f}   (ratio: time per image)"
-        )
+    inf = [r["inference"] for r in rounds]
+    print(
+        f"{'inference img/s':<20}{statistics.median(i['images_per_s'] for i in inf):>10.0f}"
+        f"{statistics.median(i['reference_images_per_s'] for i in inf):>10.0f}"
+        f"{statistics.median(i['ratio_to_reference'] for i in inf):>8.2f}   (ratio: time per image)"
+    )
     if a.out:
         with open(a.out, "w") as fh:
             json.dump({"threads": a.threads, "rounds": rounds, "summary": summary}, fh, indent=1)

@@ -351,23 +351,7 @@ fn relu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
 
 // ---------------------------------------------------------------- bn_pool
 
-// Position (0..3, row-major) of the first maximum of a window's values (strict >, as max_pool).
-fn window_first_max(a: f32, b: f32, c: f32, d: f32) -> u32 {
-    var best = 0u;
-    var m = a;
-    if (b > m) {
-        best = 1u;
-        m = b;
-    }
-    if (c > m) {
-        best = 2u;
-        m = c;
-    }
-    if (d > m) {
-        best = 3u;
-    }
-    return best;
-}
+// window_first_max: shaders/window.wgsl (prepended by the launcher).
 
 struct PoolNormParams {
     planes: u32,

@@ -16,23 +16,7 @@
 
 const WG: u32 = 256u;
 
-// Position (0..3, row-major) of the first maximum of a window's values a, b, c, d.
-fn first_max(a: f32, b: f32, c: f32, d: f32) -> u32 {
-    var best = 0u;
-    var m = a;
-    if (b > m) {
-        best = 1u;
-        m = b;
-    }
-    if (c > m) {
-        best = 2u;
-        m = c;
-    }
-    if (d > m) {
-        best = 3u;
-    }
-    return best;
-}
+// window_first_max: shaders/window.wgsl (prepended by the launcher).
 
 struct ForwardParams {
     planes: u32,
@@ -59,7 +43,7 @@ fn max_pool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     let oy = r / ow;
     let ox = r - oy * ow;
     let base = fp.x_off + p * fp.height * fp.width + 2u * oy * fp.width + 2u * ox;
-    // The same strict comparisons as first_max (and the CPU reference), so NaN handling agrees.
+    // The same strict comparisons as window_first_max (and the CPU reference), so NaN handling agrees.
     var m = fw_x[base];
     let b = fw_x[base + 1u];
     if (b > m) {
@@ -108,7 +92,7 @@ fn max_pool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
         let oy = y / 2u;
         let ox = x / 2u;
         let base = bp.x_off + p * hw + 2u * oy * bp.width + 2u * ox;
-        let best = first_max(bw_x[base], bw_x[base + 1u], bw_x[base + bp.width], bw_x[base + bp.width + 1u]);
+        let best = window_first_max(bw_x[base], bw_x[base + 1u], bw_x[base + bp.width], bw_x[base + bp.width + 1u]);
         if (best == (y & 1u) * 2u + (x & 1u)) {
             grad = bw_dy[bp.dy_off + (p * oh + oy) * ow + ox];
         }

@@ -3,7 +3,11 @@
 use super::{Gpu, GpuTensor, Kernel};
 use crate::ops::{BatchNorm, NormShape, PoolShape};
 
-const SOURCE: &str = include_str!("../../shaders/batch_norm.wgsl");
+/// The shader, after the window helpers it shares with the other pooling kernels.
+const SOURCE: &str = concat!(
+    include_str!("../../shaders/window.wgsl"),
+    include_str!("../../shaders/batch_norm.wgsl")
+);
 const STATS: Kernel = Kernel {
     file: "batch_norm.wgsl",
     source: SOURCE,

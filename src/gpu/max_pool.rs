@@ -2,7 +2,11 @@
 use super::{Gpu, GpuTensor, Kernel};
 use crate::ops::PoolShape;
 
-const SOURCE: &str = include_str!("../../shaders/max_pool.wgsl");
+/// The shader, after the window helpers it shares with the other pooling kernels.
+const SOURCE: &str = concat!(
+    include_str!("../../shaders/window.wgsl"),
+    include_str!("../../shaders/max_pool.wgsl")
+);
 const FORWARD: Kernel = Kernel {
     file: "max_pool.wgsl",
     source: SOURCE,
