@@ -24,6 +24,8 @@ use crate::ops::ConvShape;
 
 /// Columns per gemm we aim for: small feature maps are batched across images up to this width.
 const TARGET_COLUMNS: usize = 256;
+/// Chunks a batch is split into at least (when it has that many images).
+const MIN_CHUNKS: usize = 8;
 /// Most partial weight gradients summed at the end of the backward-weight pass.
 const MAX_GROUPS: usize = 32;
 
@@ -87,10 +89,13 @@ impl Geom {
     fn patch(&self) -> usize {
         self.c_in * self.k * self.k
     }
-    /// Images per chunk: enough that a gemm has about [`TARGET_COLUMNS`] columns.
+    /// Images per chunk: enough that a gemm has about [`TARGET_COLUMNS`] columns, but at most
+    /// a [`MIN_CHUNKS`]th of the batch, so that small maps still give the threads chunks to
+    /// share (a shape-only rule: results never depend on the thread count).
     fn chunk_images(&self) -> usize {
         TARGET_COLUMNS
             .div_ceil(self.out_pixels().max(1))
+            .min(self.batch.div_ceil(MIN_CHUNKS))
             .clamp(1, self.batch.max(1))
     }
     /// True when the im2col matrix of one image is the image itself.
