@@ -1089,7 +1089,7 @@ fn bench_kernels<B: Backend>(backend: &B, plan: &Plan, emit: &mut impl FnMut(Ker
             plan,
             || {
                 backend.batch_norm_pool_train(
-                    &ps, &bn, &y, &gamma, &beta, &z, &pooled, &mean, &istd, &rmean, &rvar,
+                    &ps, &bn, &y, &gamma, &beta, &pooled, &mean, &istd, &rmean, &rvar,
                 )
             },
             wait,
@@ -1108,8 +1108,7 @@ fn bench_kernels<B: Backend>(backend: &B, plan: &Plan, emit: &mut impl FnMut(Ker
             plan,
             || {
                 backend.pool_batch_norm_backward(
-                    &ps, &bn, &y, &z, &gpooled, &gamma, &beta, &mean, &istd, &gz, &gy, &ggamma,
-                    &gbeta,
+                    &ps, &bn, &y, &gpooled, &gamma, &beta, &mean, &istd, &gz, &gy, &ggamma, &gbeta,
                 )
             },
             wait,

@@ -317,15 +317,12 @@ pub trait Backend {
         grad_input: &Self::Tensor,
     );
 
-    // ---- batch norm (+ ReLU) then max-pool, fused where a backend can
-    /// True when the three fused ops below neither read nor write their `output` scratch
-    /// tensor (the CPU recomputes what it needs from `input`, plane by plane in cache), so
-    /// callers may pass an empty tensor there. `grad_output` is scratch either way.
-    fn fuses_norm_pool(&self) -> bool {
-        false
-    }
-    /// [`Backend::batch_norm_train`] into `output`, then [`Backend::max_pool_forward`] of
-    /// `output` into `pooled` (`s` is the pool's shape; the norm's spatial size is `h * w`).
+    // ---- batch norm (+ ReLU) then max-pool, fused (CPU: src/cpu/fast_norm.rs; GPU: bn_pool
+    // and bn_pool_route in shaders/batch_norm.wgsl). What the model runs: the full-size
+    // batch-norm output is never materialised (the backward recomputes it from `input`).
+    /// `pooled = max_pool(batch_norm_train(input))`: the saved and running statistics of
+    /// [`Backend::batch_norm_train`], then [`Backend::max_pool_forward`] of its output (`s` is
+    /// the pool's shape; the norm's spatial size is `h * w`).
     #[allow(clippy::too_many_arguments)]
     fn batch_norm_pool_train(
         &self,
@@ -334,29 +331,13 @@ pub trait Backend {
         input: &Self::Tensor,
         gamma: &Self::Tensor,
         beta: &Self::Tensor,
-        output: &Self::Tensor,
         pooled: &Self::Tensor,
         saved_mean: &Self::Tensor,
         saved_inv_std: &Self::Tensor,
         running_mean: &Self::Tensor,
         running_var: &Self::Tensor,
-    ) {
-        let ns = s.norm_shape();
-        self.batch_norm_train(
-            &ns,
-            p,
-            input,
-            gamma,
-            beta,
-            output,
-            saved_mean,
-            saved_inv_std,
-            running_mean,
-            running_var,
-        );
-        self.max_pool_forward(s, output, pooled);
-    }
-    /// [`Backend::batch_norm_eval`] into `output`, then max-pool into `pooled`.
+    );
+    /// `pooled = max_pool(batch_norm_eval(input))`.
     #[allow(clippy::too_many_arguments)]
     fn batch_norm_pool_eval(
         &self,
@@ -367,32 +348,19 @@ pub trait Backend {
         beta: &Self::Tensor,
         running_mean: &Self::Tensor,
         running_var: &Self::Tensor,
-        output: &Self::Tensor,
         pooled: &Self::Tensor,
-    ) {
-        let ns = s.norm_shape();
-        self.batch_norm_eval(
-            &ns,
-            p,
-            input,
-            gamma,
-            beta,
-            running_mean,
-            running_var,
-            output,
-        );
-        self.max_pool_forward(s, output, pooled);
-    }
+    );
     /// Backward of [`Backend::batch_norm_pool_train`]: [`Backend::max_pool_backward`] of
-    /// `grad_pooled` (routed by `output`) into `grad_output`, then
-    /// [`Backend::batch_norm_backward`] into `grad_input`, `grad_gamma` and `grad_beta`.
+    /// `grad_pooled` (routed by the batch-norm output, recomputed from `input`, `gamma`, `beta`
+    /// and the saved statistics) followed by [`Backend::batch_norm_backward`] into
+    /// `grad_input`, `grad_gamma` and `grad_beta`. `grad_output` (input-sized) is scratch: it
+    /// ends holding the routed gradient through the ReLU mask.
     #[allow(clippy::too_many_arguments)]
     fn pool_batch_norm_backward(
         &self,
         s: &PoolShape,
         p: &BatchNorm,
         input: &Self::Tensor,
-        output: &Self::Tensor,
         grad_pooled: &Self::Tensor,
         gamma: &Self::Tensor,
         beta: &Self::Tensor,
@@ -402,23 +370,7 @@ pub trait Backend {
         grad_input: &Self::Tensor,
         grad_gamma: &Self::Tensor,
         grad_beta: &Self::Tensor,
-    ) {
-        let _ = beta; // what a fused implementation needs to recompute `output`
-        self.max_pool_backward(s, output, grad_pooled, grad_output);
-        self.batch_norm_backward(
-            &s.norm_shape(),
-            p,
-            input,
-            output,
-            grad_output,
-            gamma,
-            saved_mean,
-            saved_inv_std,
-            grad_input,
-            grad_gamma,
-            grad_beta,
-        );
-    }
+    );
 
     // ---- pairwise squared Euclidean distance (shaders/distance.wgsl, src/cpu/distance.rs)
     /// `out[i, j] = sum_k (a[i, k] - b[j, k])^2`, a `[rows_a, dim]`, b `[rows_b, dim]`.

@@ -365,9 +365,6 @@ impl Backend for Cpu {
             &mut grad_input.get_mut(),
         )
     }
-    fn fuses_norm_pool(&self) -> bool {
-        true
-    }
     fn batch_norm_pool_train(
         &self,
         s: &PoolShape,
@@ -375,7 +372,6 @@ impl Backend for Cpu {
         input: &CpuTensor,
         gamma: &CpuTensor,
         beta: &CpuTensor,
-        _output: &CpuTensor,
         pooled: &CpuTensor,
         saved_mean: &CpuTensor,
         saved_inv_std: &CpuTensor,
@@ -410,7 +406,6 @@ impl Backend for Cpu {
         beta: &CpuTensor,
         running_mean: &CpuTensor,
         running_var: &CpuTensor,
-        _output: &CpuTensor,
         pooled: &CpuTensor,
     ) {
         fast_norm::batch_norm_pool_eval(
@@ -429,7 +424,6 @@ impl Backend for Cpu {
         s: &PoolShape,
         p: &BatchNorm,
         input: &CpuTensor,
-        _output: &CpuTensor,
         grad_pooled: &CpuTensor,
         gamma: &CpuTensor,
         beta: &CpuTensor,

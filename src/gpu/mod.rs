@@ -274,9 +274,6 @@ impl Backend for Gpu {
     ) {
         max_pool::max_pool_backward(self, s, input, grad_output, grad_input)
     }
-    fn fuses_norm_pool(&self) -> bool {
-        true
-    }
     fn batch_norm_pool_train(
         &self,
         s: &PoolShape,
@@ -284,7 +281,6 @@ impl Backend for Gpu {
         input: &GpuTensor,
         gamma: &GpuTensor,
         beta: &GpuTensor,
-        _output: &GpuTensor,
         pooled: &GpuTensor,
         saved_mean: &GpuTensor,
         saved_inv_std: &GpuTensor,
@@ -314,7 +310,6 @@ impl Backend for Gpu {
         beta: &GpuTensor,
         running_mean: &GpuTensor,
         running_var: &GpuTensor,
-        _output: &GpuTensor,
         pooled: &GpuTensor,
     ) {
         batch_norm::batch_norm_pool_eval(
@@ -334,7 +329,6 @@ impl Backend for Gpu {
         s: &PoolShape,
         p: &BatchNorm,
         input: &GpuTensor,
-        _output: &GpuTensor,
         grad_pooled: &GpuTensor,
         gamma: &GpuTensor,
         beta: &GpuTensor,

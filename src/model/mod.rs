@@ -250,11 +250,11 @@ pub struct Activations<B: Backend> {
     /// `pooled[b]` is the input of block b+1; `pooled[blocks-1]` is the embedding `[batch, D]`.
     pooled: Vec<B::Tensor>,
     conv_out: Vec<B::Tensor>,
-    bn_out: Vec<B::Tensor>,
     saved_mean: Vec<B::Tensor>,
     saved_inv_std: Vec<B::Tensor>,
     // Gradients (training only).
     grad_pooled: Vec<B::Tensor>,
+    /// Scratch of the fused pool + batch-norm backward (the routed gradient).
     grad_bn_out: Vec<B::Tensor>,
     grad_conv_out: Vec<B::Tensor>,
 }
@@ -323,7 +323,6 @@ impl<B: Backend> Conv4<B> {
             input: backend.zeros(batch * self.cfg.image_len()),
             pooled: vec![],
             conv_out: vec![],
-            bn_out: vec![],
             saved_mean: vec![],
             saved_inv_std: vec![],
             grad_pooled: vec![],
@@ -334,15 +333,7 @@ impl<B: Backend> Conv4<B> {
             let s = self.cfg.size_at(b);
             let conv_len = batch * self.cfg.hidden * s * s;
             let pooled_len = batch * self.cfg.hidden * (s / 2) * (s / 2);
-            // The batch-norm output is scratch of the fused norm + pool ops, unused (and not
-            // allocated) on backends that recompute it.
-            let scratch_len = if backend.fuses_norm_pool() {
-                0
-            } else {
-                conv_len
-            };
             a.conv_out.push(backend.zeros(conv_len));
-            a.bn_out.push(backend.zeros(scratch_len));
             a.pooled.push(backend.zeros(pooled_len));
             a.saved_mean.push(backend.zeros(self.cfg.hidden));
             a.saved_inv_std.push(backend.zeros(self.cfg.hidden));
@@ -390,7 +381,6 @@ impl<B: Backend> Conv4<B> {
                     &act.conv_out[b],
                     &gamma,
                     &beta,
-                    &act.bn_out[b],
                     &act.pooled[b],
                     &act.saved_mean[b],
                     &act.saved_inv_std[b],
@@ -406,7 +396,6 @@ impl<B: Backend> Conv4<B> {
                     &beta,
                     &rm,
                     &rv,
-                    &act.bn_out[b],
                     &act.pooled[b],
                 );
             }
@@ -428,7 +417,6 @@ impl<B: Backend> Conv4<B> {
                 &ps,
                 &self.bn,
                 &act.conv_out[b],
-                &act.bn_out[b],
                 &act.grad_pooled[b],
                 &self.param(backend, &format!("blocks.{b}.bn.weight")),
                 &self.param(backend, &format!("blocks.{b}.bn.bias")),
