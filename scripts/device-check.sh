@@ -9,7 +9,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-device-out}; mkdir -p "$OUT"
 exec > >(tee "$OUT/log.txt") 2>&1
-if ls .gl/*.deb >/dev/null 2>&1 && ! ldconfig -p | grep -q libvulkan.so.1; then
+if ls .gl/*.deb >/dev/null 2>&1 && ! ldconfig -p | grep libvulkan.so.1 >/dev/null; then
   for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
 fi
 icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json

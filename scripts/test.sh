@@ -16,7 +16,13 @@ have_vulkan_driver() {
     return 1
 }
 
-if [ "$(uname -s)" = Linux ] && { ! have_vulkan_driver || ! ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1'; }; then
+# (The loader check reads ldconfig's whole output: `grep -q` would stop at the first match and,
+# under pipefail, turn ldconfig's SIGPIPE into a false "not found".)
+have_vulkan_loader() {
+    ldconfig -p 2>/dev/null | grep 'libvulkan\.so\.1' >/dev/null
+}
+
+if [ "$(uname -s)" = Linux ] && { ! have_vulkan_driver || ! have_vulkan_loader; }; then
     echo "test.sh: no Vulkan driver found; fewshot's GPU tests need one (lavapipe works without a GPU)."
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "test.sh: installing Mesa's software Vulkan driver (apt-get install mesa-vulkan-drivers)"
